@@ -1,0 +1,65 @@
+"""Let petals 2.2.0.post1 run on hivemind 1.1.12. Import this module before anything from petals.
+
+Why it exists: the only Petals release on PyPI (2.2.0.post1) pins hivemind 1.1.10.post2, whose source
+build downloads the p2pd binary from GitHub (impossible offline) and which needs pydantic<2.
+hivemind 1.1.12 ships a manylinux wheel with p2pd inside, but it stopped re-exporting at top level the
+names petals imports (``from hivemind import PeerID, get_logger, anext, MSGPackSerializer, ...``).
+This module puts those names back into the ``hivemind`` namespace; nothing in hivemind or petals is
+patched beyond that.
+
+When it can go: once a Petals release on PyPI depends on a hivemind with a Linux p2pd wheel
+(Petals' GitHub main already pins a newer hivemind by commit), delete this module and its imports.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import pkgutil
+import types
+
+# Packages whose modules' public names hivemind <= 1.1.10 re-exported from the top-level package
+# (hivemind 1.1.12's own hivemind.utils/__init__ no longer lists e.g. BatchTensorDescriptor).
+_REEXPORTED_PACKAGES = ("hivemind.p2p", "hivemind.utils", "hivemind.compression")
+_REEXPORTED_MODULES = ("hivemind.moe.server.runtime",)  # petals uses hivemind.Runtime
+
+_applied = False
+
+
+def _public_names(module: types.ModuleType) -> dict[str, object]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [name for name in vars(module) if not name.startswith("_")]
+    return {name: getattr(module, name) for name in names if hasattr(module, name)}
+
+
+def apply() -> None:
+    """Re-export the names petals expects at hivemind's top level. Idempotent."""
+    global _applied
+    if _applied:
+        return
+    import hivemind
+
+    modules: list[types.ModuleType] = []
+    for package_name in _REEXPORTED_PACKAGES:
+        package = importlib.import_module(package_name)
+        modules.append(package)
+        for info in pkgutil.iter_modules(package.__path__, prefix=package_name + "."):
+            modules.append(importlib.import_module(info.name))
+    modules += [importlib.import_module(name) for name in _REEXPORTED_MODULES]
+
+    added: dict[str, object] = {}
+    for module in modules:
+        for name, value in _public_names(module).items():
+            if isinstance(value, types.ModuleType) and not value.__name__.startswith("hivemind"):
+                continue  # stdlib/third-party modules imported by hivemind are not its API
+            added.setdefault(name, value)
+    # `anext` has been a builtin since Python 3.10; petals imports it from hivemind.
+    added.setdefault("anext", builtins.anext)
+    for name, value in added.items():
+        if not hasattr(hivemind, name):
+            setattr(hivemind, name, value)
+    _applied = True
+
+
+apply()
