@@ -1,9 +1,9 @@
 """Let petals 2.2.0.post1 run on hivemind 1.1.12. Import this module before anything from petals.
 
-Why it exists: the only Petals release on PyPI (2.2.0.post1) pins hivemind 1.1.10.post2, whose source
-build downloads the p2pd binary from GitHub (impossible offline) and which needs pydantic<2.
-hivemind 1.1.12 ships a manylinux wheel with p2pd inside, but it stopped re-exporting at top level the
-names petals imports (``from hivemind import PeerID, get_logger, anext, MSGPackSerializer, ...``).
+Why it exists: the only Petals release on PyPI (2.2.0.post1) pins hivemind 1.1.10.post2, whose
+source build downloads the p2pd binary from GitHub (impossible offline) and which needs pydantic<2.
+hivemind 1.1.12 ships a manylinux wheel with p2pd inside, but it stopped re-exporting at top level
+the names petals imports (``from hivemind import PeerID, get_logger, anext, ...``).
 This module puts those names back into the ``hivemind`` namespace; nothing in hivemind or petals is
 patched beyond that.
 

@@ -1,0 +1,133 @@
+"""Streaming generation on a (distributed or local) causal LM: text deltas, stop sequences, timings.
+
+Works the same on petals' distributed model and on a local ``transformers`` model, which is how the
+tests compare the swarm with the local reference token for token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TextCallback = Callable[[str], None]
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    time_to_first_token_s: float | None
+    elapsed_s: float
+    stopped_by: str  # "eos" | "stop_sequence" | "length" | "cancelled"
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.time_to_first_token_s is None or len(self.token_ids) < 2:
+            return None
+        decode_time = self.elapsed_s - self.time_to_first_token_s
+        return (len(self.token_ids) - 1) / decode_time if decode_time > 0 else None
+
+
+@dataclass
+class _StreamState:
+    tokenizer: Any
+    on_text: TextCallback | None
+    stop_sequences: Sequence[str]
+    should_cancel: Callable[[], bool] | None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    token_ids: list[int] = field(default_factory=list)
+    emitted: str = ""
+    stop_reason: str | None = None
+    seen_prompt: bool = False
+
+    def visible_text(self) -> str:
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        for stop in self.stop_sequences:
+            index = text.find(stop)
+            if index != -1:
+                self.stop_reason = "stop_sequence"
+                return text[:index]
+        return text
+
+    def put(self, value: Any) -> None:
+        ids = value.reshape(-1).tolist()
+        if not self.seen_prompt:  # transformers hands the prompt to the streamer first
+            self.seen_prompt = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.token_ids.extend(ids)
+        if self.stop_reason is not None:
+            return
+        text = self.visible_text()
+        # Hold back an incomplete UTF-8 sequence (decoded as U+FFFD) and a possible stop prefix.
+        safe = text.rstrip("\ufffd")
+        hold = max((len(s) - 1 for s in self.stop_sequences), default=0)
+        if self.stop_reason is None and hold:
+            safe = safe[: max(len(self.emitted), len(safe) - hold)]
+        if len(safe) > len(self.emitted) and safe.startswith(self.emitted):
+            delta, self.emitted = safe[len(self.emitted) :], safe
+            if self.on_text:
+                self.on_text(delta)
+        if self.should_cancel is not None and self.should_cancel():
+            self.stop_reason = "cancelled"
+
+    def end(self) -> None:
+        text = self.visible_text().rstrip("\ufffd")
+        if len(text) > len(self.emitted) and text.startswith(self.emitted):
+            delta, self.emitted = text[len(self.emitted) :], text
+            if self.on_text:
+                self.on_text(delta)
+
+
+def stream_generate(
+    model: Any,
+    tokenizer: Any,
+    input_ids: Any,
+    *,
+    max_new_tokens: int,
+    on_text: TextCallback | None = None,
+    stop_sequences: Sequence[str] = (),
+    should_cancel: Callable[[], bool] | None = None,
+    session: Any = None,
+    **generate_kwargs: Any,
+) -> GenerationResult:
+    """Generate up to ``max_new_tokens``, calling ``on_text`` with each new piece of text."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    state = _StreamState(tokenizer, on_text, tuple(stop_sequences), should_cancel)
+
+    class _Streamer(BaseStreamer):
+        def put(self, value: Any) -> None:
+            state.put(value)
+
+        def end(self) -> None:
+            state.end()
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            return state.stop_reason is not None
+
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "streamer": _Streamer(),
+        "stopping_criteria": StoppingCriteriaList([_Stop()]),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **generate_kwargs,
+    }
+    kwargs.setdefault("do_sample", False)
+    if session is not None:
+        kwargs["session"] = session
+    model.generate(input_ids, **kwargs)
+    elapsed = time.perf_counter() - state.started
+    ttft = None if state.first_token_at is None else state.first_token_at - state.started
+    reason = state.stop_reason
+    if reason is None:
+        eos = tokenizer.eos_token_id
+        reason = "eos" if state.token_ids and state.token_ids[-1] == eos else "length"
+    return GenerationResult(state.emitted, state.token_ids, ttft, elapsed, reason)

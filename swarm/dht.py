@@ -1,0 +1,178 @@
+"""Read the private swarm's DHT: which server announces which blocks, in which state.
+
+I/O lives here (a hivemind DHT client); everything derived from the records (coverage, tables) is
+in ``swarm.coverage`` as pure functions. A client-mode DHT is a child process plus a p2pd; the
+context manager always shuts both down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from swarm.coverage import ServerAnnouncement, merge_announcements
+from swarm.errors import SwarmUnavailable
+
+if TYPE_CHECKING:
+    from hivemind import DHT
+
+UID_DELIMITER = "."  # petals.data_structures.UID_DELIMITER
+
+
+def block_uids(dht_prefix: str, blocks: Sequence[int]) -> list[str]:
+    return [f"{dht_prefix}{UID_DELIMITER}{index}" for index in blocks]
+
+
+@contextmanager
+def open_dht(
+    initial_peers: Sequence[str],
+    *,
+    startup_timeout: float = 30.0,
+    retry_for: float = 0.0,
+    check: Callable[[], str | None] | None = None,
+) -> Iterator[DHT]:
+    """A client-mode DHT joined to the private swarm's bootstrap peers; shut down on exit.
+
+    ``retry_for`` keeps trying to join for that many seconds (a bootstrap peer that is still
+    starting, e.g. all units started at boot); ``check`` may give up early with a reason.
+    """
+    if not initial_peers:
+        # Defence in depth: hivemind would start a lonely DHT; petals would pick public peers.
+        raise SwarmUnavailable("no bootstrap peers given; refusing to start a DHT client")
+    from hivemind import DHT
+
+    import swarm.compat  # noqa: F401
+
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            dht = DHT(
+                initial_peers=list(initial_peers),
+                client_mode=True,
+                start=True,
+                startup_timeout=startup_timeout,
+                num_workers=8,
+            )
+            break
+        except Exception as exc:  # hivemind raises bare Exceptions on bootstrap failure
+            if check is not None and (reason := check()):
+                raise SwarmUnavailable(reason) from None
+            if time.monotonic() >= deadline:
+                raise SwarmUnavailable(
+                    f"cannot join the swarm through {', '.join(initial_peers)}: "
+                    f"{exc or type(exc).__name__}"
+                ) from None
+            time.sleep(1.0)
+    try:
+        yield dht
+    finally:
+        dht.shutdown()
+
+
+def _info_to_dict(info: Any) -> dict[str, Any]:
+    return {
+        "state": info.state.name.lower(),
+        "throughput": info.throughput,
+        "start_block": info.start_block,
+        "end_block": info.end_block,
+        "public_name": info.public_name,
+        "version": info.version,
+        "network_rps": info.network_rps,
+        "forward_rps": info.forward_rps,
+        "inference_rps": info.inference_rps,
+        "torch_dtype": info.torch_dtype,
+        "quant_type": info.quant_type,
+        "using_relay": info.using_relay,
+        "cache_tokens_left": info.cache_tokens_left,
+    }
+
+
+def read_announcements(dht: DHT, dht_prefix: str, num_blocks: int) -> list[ServerAnnouncement]:
+    """One record per server announcing any of the model's blocks (latest records, any state)."""
+    from petals.utils.dht import get_remote_module_infos
+
+    infos = get_remote_module_infos(dht, block_uids(dht_prefix, range(num_blocks)), latest=True)
+    per_block: list[dict[str, dict[str, Any]]] = []
+    for module_info in infos:
+        per_block.append(
+            {peer.to_base58(): _info_to_dict(info) for peer, info in module_info.servers.items()}
+        )
+    return merge_announcements(per_block)
+
+
+def wait_for_blocks(
+    dht: DHT,
+    dht_prefix: str,
+    num_blocks: int,
+    *,
+    blocks: Sequence[int] | None = None,
+    peer_ids: Sequence[str] | None = None,
+    timeout: float = 120.0,
+    poll_s: float = 0.5,
+    check: Callable[[], str | None] | None = None,
+    on_poll: Callable[[list[ServerAnnouncement]], None] | None = None,
+) -> list[ServerAnnouncement]:
+    """Poll the DHT until every block in ``blocks`` has an ONLINE server (one of ``peer_ids`` if
+    given). ``check`` may return a reason to give up early (e.g. the server process died)."""
+    wanted = set(range(num_blocks) if blocks is None else blocks)
+    allowed = set(peer_ids) if peer_ids is not None else None
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_announcements(dht, dht_prefix, num_blocks)
+        if on_poll:
+            on_poll(records)
+        covered = {
+            block
+            for record in records
+            if record.state == "online" and (allowed is None or record.peer_id in allowed)
+            for block in range(record.start_block, record.end_block)
+        }
+        missing = sorted(wanted - covered)
+        if not missing:
+            return records
+        if check is not None and (reason := check()):
+            raise SwarmUnavailable(reason)
+        if time.monotonic() >= deadline:
+            raise SwarmUnavailable(
+                f"blocks {_ranges(missing)} of {dht_prefix} still not served ONLINE after "
+                f"{timeout:.0f}s"
+            )
+        time.sleep(poll_s)
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    parts: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:  # type: ignore[operator]
+            prev = n
+        else:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = n
+    if start is not None:
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(parts)
+
+
+def wait_for_listener(
+    host: str, port: int, *, timeout: float = 60.0, check: Callable[[], str | None] | None = None
+) -> None:
+    """Poll until a TCP listener accepts on host:port (a starting peer's p2pd)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if check is not None and (reason := check()):
+            raise SwarmUnavailable(reason)
+        if time.monotonic() >= deadline:
+            raise SwarmUnavailable(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+        time.sleep(0.1)
