@@ -169,9 +169,12 @@ class LocalSwarm:
             raise
         return self
 
+    def processes(self) -> list[ManagedProcess]:
+        """The bootstrap peer's and every running server's process tree leaders."""
+        return ([self.bootstrap] if self.bootstrap else []) + [s.process for s in self.servers]
+
     def _check_alive(self) -> str | None:
-        processes = ([self.bootstrap] if self.bootstrap else []) + [s.process for s in self.servers]
-        for process in processes:
+        for process in self.processes():
             if not process.is_running():
                 tail = process.log_tail(8)
                 return f"{process.name} exited with code {process.poll()}; last log lines:\n{tail}"
