@@ -25,18 +25,50 @@ def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes whose process group is ``pgid``."""
     members = []
     for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _proc_stat(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()  # state ppid pgrp session ... starttime=[19]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Live descendants of ``pid`` (any session), mapped to their start time (to spot pid reuse).
+
+    Some children leave the process group: torch's ``torch_shm_manager`` starts its own session.
+    """
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
+        fields = _proc_stat(int(entry.name))
+        if fields is None or fields[0] == "Z":
             continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        starts[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        if child not in found:
+            found[child] = starts[child]
+            stack.extend(children.get(child, []))
+    return found
+
+
+def _alive_as_before(pid: int, start: str) -> bool:
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == start
 
 
 class ManagedProcess:
@@ -119,6 +151,8 @@ class ManagedProcess:
         """Graceful SIGINT to the leader, then SIGTERM and SIGKILL to the group. Idempotent."""
         if self._proc is None:
             return None
+        # Remember the whole tree now: once the leader is gone, its children are re-parented.
+        tree = descendants(self.pid) if self._proc.poll() is None else {}
         try:
             if self._proc.poll() is None:
                 self.request_stop()
@@ -130,15 +164,39 @@ class ManagedProcess:
                 if not self._wait_group_empty(time.monotonic() + term_s):
                     self._signal_group(signal.SIGKILL)
                     self._wait_group_empty(time.monotonic() + 10)
+            self._sweep(tree)
             return self._proc.wait(timeout=10)
         finally:
             self._close_log()
+
+    @staticmethod
+    def _sweep(tree: dict[int, str]) -> None:
+        """End descendants that left our process group. They exit on their own once their
+        clients are gone (torch_shm_manager does): give them a moment, then SIGKILL."""
+
+        def alive() -> list[int]:
+            return [pid for pid, start in tree.items() if _alive_as_before(pid, start)]
+
+        for last_resort in (False, True):
+            deadline = time.monotonic() + (5.0 if last_resort else 3.0)
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not alive() or last_resort:
+                return
+            for pid in alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """Immediate SIGKILL of the whole group (tests, or a second Ctrl-C)."""
         if self._proc is None:
             return
+        tree = descendants(self.pid)
         self._signal_group(signal.SIGKILL)
+        for pid, start in tree.items():
+            if _alive_as_before(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._wait_group_empty(time.monotonic() + 10)
         self._proc.wait(timeout=10)
         self._close_log()

@@ -20,6 +20,27 @@ ENTRY_POINTS = {
 }
 
 
+def _die_with_parent(poll_s: float = 1.0) -> None:
+    """If our supervisor dies without stopping us (SIGKILL, a crashed test run), end our whole
+    process group rather than live on as orphans holding ports. Under systemd the unit's cgroup
+    is killed anyway; this covers the demo, the tests and hand-started servers."""
+    import os
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        time.sleep(5.0)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in ENTRY_POINTS:
@@ -33,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     # A child of a background job inherits SIGINT ignored (POSIX), and Python then installs no
     # KeyboardInterrupt handler; petals shuts down gracefully (announcing OFFLINE) only on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _die_with_parent()
 
     import swarm.compat  # noqa: F401  (must precede petals)
 

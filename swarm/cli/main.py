@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "swarm.cli.status",
     "swarm.cli.plan",
     "swarm.cli.model",
+    "swarm.cli.health",
 )
 
 
