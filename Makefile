@@ -78,8 +78,8 @@ wheelhouse: $(STAMP)  ## build ./wheelhouse: every wheel needed to install offli
 	    -r requirements/petals-stack.txt -r requirements/kit.txt pip setuptools wheel
 	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps petals==2.2.0.post1
 	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps --no-build-isolation .
-	@cp constraints.txt requirements/petals-stack.txt requirements/kit.txt $(WHEELHOUSE)/
-	@echo "   $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels; install with: pip install --no-index --find-links $(WHEELHOUSE) ..."
+	@cp constraints.txt requirements/petals-stack.txt requirements/kit.txt scripts/install-from-wheelhouse.sh $(WHEELHOUSE)/
+	@echo "   $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels; install offline with: bash $(WHEELHOUSE)/install-from-wheelhouse.sh $(WHEELHOUSE) VENV"
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (figures printed and written to bench/results/)
 	$(BIN)/python -m bench.swarm_throughput

@@ -12,7 +12,10 @@ and a fixed ``--throughput`` (otherwise petals runs an internet speed test).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import traceback
 
 ENTRY_POINTS = {
     "server": "petals.cli.run_server",
@@ -70,7 +73,24 @@ def main(argv: list[str] | None = None) -> None:
 
         module.validate_version = _log_version_only  # type: ignore[attr-defined]
     sys.argv = [ENTRY_POINTS[args[0]], *args[1:]]
-    module.main()
+    code = 0
+    try:
+        module.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # Petals' server returns from main() after announcing OFFLINE and shutting its container
+    # down, but its runtime and task-pool threads are not daemons and can block the interpreter's
+    # exit indefinitely (seen: minutes in threading._shutdown). Exit now; the supervisor sweeps
+    # what is left of the process group.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

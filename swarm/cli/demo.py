@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--servers", type=int, default=2, help="servers to start (default: 2)")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=120, help="answer length limit (default: 120)"
+        "--max-new-tokens", type=int, default=200, help="answer length limit (default: 200)"
     )
     parser.add_argument("--system", help="system prompt for the chat (default: none)", default=None)
     parser.add_argument(

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "swarm.cli.plan",
     "swarm.cli.model",
     "swarm.cli.health",
+    "swarm.cli.bot",
 )
 
 
