@@ -72,7 +72,23 @@ def model_num_blocks(model: str) -> int:
         return layers
     from swarm.modelspecs import lookup
 
-    return lookup(model).num_layers
+    try:
+        return lookup(model).num_layers
+    except ModelError as unknown:
+        # Not one of the kit's known targets: ask the Hub for its config (needs the network).
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model)
+        except Exception as exc:
+            raise ModelError(
+                f"{unknown}; fetching its config from the Hugging Face Hub failed too "
+                f"({type(exc).__name__}). Use a local model directory where there is no network"
+            ) from None
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        if not isinstance(layers, int) or layers <= 0:
+            raise ModelError(f"model {model!r}: its config has no positive num_hidden_layers")
+        return layers
 
 
 def _maddrs(values: list[str], field: str) -> list[str]:
