@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.settings import BotSettings, load_token
+    from bot.settings import BotSettings, load_token, load_webhook_secret
     from bot.store import Store
 
     settings = BotSettings.from_args(args)
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     swarm.require_trusted_servers()
     options = ClientSettings.from_args(args)
     token = load_token(settings)
+    load_webhook_secret(settings)  # refuse a bad secret file now, not after logging in
     configure_logging(settings.log_level)
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
     asyncio.run(run_bot(settings, swarm, options, token))

@@ -1,0 +1,305 @@
+"""``CourseBot``: the discord.py bot that receives its engine(s), settings and database, routes
+messages, and handles every command error in one place.
+
+Routing of a message in an allowed channel (see ``allowed``): a known prefix command runs; a
+reply to one of the bot's answers, any message in a conversation thread, a message starting with
+the prefix, or one mentioning the bot is a question. Everything else, and every message from a
+bot, is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.alerttext import AlertmanagerPayload, alert_messages
+from bot.answering import AnswerService, Question, Target
+from bot.conversation import NEW, context_for
+from bot.engine import Engine
+from bot.formatting import unknown_command_line
+from bot.jobs import Jobs
+from bot.knowledge import CourseIndex, load_course
+from bot.limits import GenerationSlots, RateLimiter
+from bot.metrics import BotMetrics
+from bot.settings import BotSettings, load_webhook_secret
+from bot.store import AsyncStore, Store
+from bot.webhook import HttpServer, create_http_app
+
+log = logging.getLogger(__name__)
+MAX_COMMAND_CHARS = 32  # a longer single "word" after the prefix is treated as a question
+COGS = ("bot.cogs.ask", "bot.cogs.control", "bot.cogs.feedback", "bot.cogs.admin")
+
+
+def default_intents() -> discord.Intents:
+    """Only what the bot uses: guild structure, messages and their text (for the prefix), and
+    reactions (ratings). No members or presences."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.message_content = True
+    intents.guild_reactions = True
+    return intents
+
+
+class CourseBot(commands.Bot):
+    def __init__(
+        self,
+        settings: BotSettings,
+        engine: Engine,
+        store: Store,
+        *,
+        ab_engine: Engine | None = None,
+        metrics: BotMetrics | None = None,
+        intents: discord.Intents | None = None,
+        guild_ready_timeout: float = 2.0,
+    ) -> None:
+        super().__init__(
+            command_prefix=settings.command_prefix,
+            intents=intents or default_intents(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+            guild_ready_timeout=guild_ready_timeout,
+        )
+        self.settings = settings
+        self.engine = engine
+        self.ab_engine = ab_engine
+        self.store = AsyncStore(store)
+        self.metrics = metrics or BotMetrics()
+        self.jobs = Jobs()
+        self.slots = GenerationSlots(settings.max_concurrent, settings.max_queue)
+        self.rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_window_s)
+        self.knowledge: CourseIndex | None = None
+        self.chosen_channels: dict[int, int] = {}  # guild id -> channel id, from /setup
+        self.answers = AnswerService(self)
+        self.web: HttpServer | None = None
+        self.tree.error(self.on_app_command_error)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def setup_hook(self) -> None:
+        self.chosen_channels = await self.store.run(Store.channels)
+        if self.settings.course_dir is not None:
+            await self.reload_knowledge()
+        for engine in filter(None, (self.engine, self.ab_engine)):
+            await engine.prepare()
+        for name in COGS:
+            await self.load_extension(name)
+        if self.settings.http_enabled:
+            app = create_http_app(
+                self.metrics,
+                self.post_alerts,
+                self.health,
+                bearer_token=load_webhook_secret(self.settings),
+            )
+            self.web = HttpServer(app, self.settings.http_host, self.settings.http_port)
+            await self.web.start()
+        if self.settings.sync_commands:
+            await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        if self.settings.guild_ids:
+            for guild_id in self.settings.guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def close(self) -> None:
+        cancelled = self.jobs.cancel_all(by="", reason="shutdown")
+        if cancelled:
+            log.info("shutting down: stopping %d answer(s)", len(cancelled))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    for job in cancelled:
+                        await job.finished.wait()
+        if self.web is not None:
+            await self.web.stop()
+        await super().close()
+        for engine in filter(None, (self.engine, self.ab_engine)):
+            await engine.close()
+        await asyncio.to_thread(self.store.close)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ready": self.is_ready() and not self.is_closed(),
+            "guilds": len(self.guilds),
+            "running": self.slots.running,
+            "waiting": self.slots.waiting,
+            "knowledge_passages": self.knowledge.passages if self.knowledge else 0,
+        }
+
+    async def reload_knowledge(self) -> CourseIndex | None:
+        folder = self.settings.course_dir
+        if folder is None:
+            return None
+        index = await asyncio.to_thread(load_course, folder)
+        self.knowledge = index
+        log.info("course knowledge from %s: %s", folder, index.summary())
+        return index
+
+    # ---------------------------------------------------------------- channels and roles
+    def allowed(self, channel: Any) -> bool:
+        """Whether the bot answers in ``channel`` (a thread counts as its parent)."""
+        guild = getattr(channel, "guild", None)
+        if guild is None:
+            return False  # no direct messages: questions belong in the course's channel
+        channel_id = (
+            getattr(channel, "parent_id", None)
+            if isinstance(channel, discord.Thread)
+            else channel.id
+        )
+        chosen = self.chosen_channels.get(guild.id)
+        if chosen is not None:
+            return channel_id == chosen
+        return not self.settings.channels or channel_id in self.settings.channels
+
+    def answer_channel(self, guild: discord.Guild | None) -> int | None:
+        if guild is None:
+            return None
+        chosen = self.chosen_channels.get(guild.id)
+        if chosen is not None:
+            return chosen
+        return self.settings.channels[0] if self.settings.channels else None
+
+    def is_moderator(self, user: discord.abc.User) -> bool:
+        if not isinstance(user, discord.Member):
+            return False
+        if user.guild_permissions.administrator:
+            return True
+        return any(role.name in self.settings.moderator_roles for role in user.roles)
+
+    # ---------------------------------------------------------------- messages
+    async def on_message(self, message: discord.Message) -> None:
+        if (
+            message.author.bot
+            or message.webhook_id is not None
+            or not self.allowed(message.channel)
+        ):
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        context = await self.get_context(message)
+        if context.valid:
+            await self.invoke(context)
+            return
+        await self.route_question(message)
+
+    async def route_question(self, message: discord.Message) -> None:
+        if self.user is None:  # not logged in (yet)
+            return
+        prefix = self.settings.command_prefix
+        content = message.content.strip()
+        found = await context_for(
+            message,
+            self.store,
+            bot_id=self.user.id,
+            prefix=prefix,
+            max_turns=self.settings.max_history_turns,
+        )
+        mentioned = self.user in message.mentions and message.reference is None
+        if found is not None:
+            kind = "thread" if found.thread_id == message.channel.id else "reply"
+        elif content.startswith(prefix):
+            kind = "prefix"
+        elif mentioned:
+            kind = "mention"
+        else:
+            return
+        text = content
+        for mention in (f"<@{self.user.id}>", f"<@!{self.user.id}>"):
+            text = text.replace(mention, " ")
+        text = text.strip()
+        if text.startswith(prefix):
+            text = text[len(prefix) :].strip()
+            words = text.split()
+            one_word = len(words) == 1 and len(text) <= MAX_COMMAND_CHARS
+            if kind == "prefix" and one_word and not text.endswith("?"):
+                await self._reply(message, unknown_command_line(words[0], prefix))
+                return
+        await self.ask_in_channel(message, text, kind, found or NEW)
+
+    async def ask_in_channel(
+        self, message: discord.Message, text: str, kind: str, context: Any
+    ) -> None:
+        question = Question(
+            text=text,
+            kind=kind,
+            user_id=message.author.id,
+            user_name=message.author.display_name,
+            guild_id=message.guild.id if message.guild else None,
+            channel_id=message.channel.id,
+            message_id=message.id,
+            context=context,
+        )
+
+        def target(index: int) -> Target:
+            async def first(content: str) -> Any:
+                return await message.reply(content, mention_author=False)
+
+            return Target(first, message.channel.send, lambda line: self._reply(message, line))
+
+        await self.answers.ask(question, target)
+
+    async def _reply(self, message: discord.Message, line: str) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await message.reply(line, mention_author=False)
+
+    # ---------------------------------------------------------------- alerts
+    async def post_alerts(self, payload: AlertmanagerPayload) -> None:
+        """Post to the admin channel; raises (so the webhook answers 503) when it cannot."""
+        channel_id = self.settings.alerts_channel_id
+        texts = alert_messages(payload)
+        if channel_id is None:
+            for text in texts:
+                log.warning("alert (no alerts_channel_id set): %s", text)
+            return
+        channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
+        if not isinstance(channel, discord.abc.Messageable):
+            raise RuntimeError(f"alerts_channel_id {channel_id} is not a text channel")
+        for text in texts:
+            await channel.send(text)
+
+    # ---------------------------------------------------------------- errors, in one place
+    async def on_command_error(
+        self, context: commands.Context[Any], error: commands.CommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(error, commands.HybridCommandError):
+            original = getattr(error.original, "original", error.original)
+        if isinstance(original, commands.CommandNotFound):
+            return
+        if isinstance(original, commands.CheckFailure | app_commands.CheckFailure):
+            line = str(original) or "You cannot use this command here."
+        elif isinstance(original, commands.UserInputError):
+            line = f"{original} — see `{self.settings.command_prefix}help`."
+        else:
+            log.error("command %s failed", context.command, exc_info=original)
+            line = "⚠️ Something went wrong on my side; the error was logged."
+        with contextlib.suppress(discord.HTTPException):
+            await context.send(line, ephemeral=True)
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        if isinstance(error, app_commands.CommandNotFound):
+            line = (
+                f"I don't know `/{error.name}` (any more). Try `/ask`, `/stop`, `/status` or "
+                f"`{self.settings.command_prefix}help`."
+            )
+        elif isinstance(error, app_commands.CheckFailure):
+            line = str(error) or "You cannot use this command here."
+        else:
+            original = getattr(error, "original", error)
+            log.error("slash command failed", exc_info=original)
+            line = "⚠️ Something went wrong on my side; the error was logged."
+        with contextlib.suppress(discord.HTTPException):
+            if interaction.response.is_done():
+                await interaction.followup.send(line, ephemeral=True)
+            else:
+                await interaction.response.send_message(line, ephemeral=True)
