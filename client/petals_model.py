@@ -17,7 +17,7 @@ from swarm.errors import SwarmUnavailable
 
 
 def _sequence_managers(model: Any) -> list[Any]:
-    from petals.client.remote_sequential import RemoteSequential
+    from petals.client.remote_sequential import RemoteSequential  # the model exists: compat is on
 
     return [m.sequence_manager for m in model.modules() if isinstance(m, RemoteSequential)]
 
@@ -27,9 +27,10 @@ def open_distributed_model(settings: SwarmSettings, **kwargs: Any) -> Iterator[A
     """Yield ``AutoDistributedModelForCausalLM`` bound to the trusted private swarm."""
     initial_peers = settings.require_initial_peers()
     trusted = settings.require_trusted_servers()
-    from petals import AutoDistributedModelForCausalLM
+    import swarm.compat
 
-    import swarm.compat  # noqa: F401
+    swarm.compat.apply()  # a statement, so import sorting can never move petals above it
+    from petals import AutoDistributedModelForCausalLM
 
     try:
         model = AutoDistributedModelForCausalLM.from_pretrained(

@@ -1,14 +1,15 @@
 """The health service: /metrics for Prometheus, /api/v1/state, /healthz and the status page.
 
 Every request formats the refresher's last snapshot; none reads the DHT. The app's lifespan starts
-and stops the refresher.
+and stops the refresher and any other background workers (the probe, the collector's DHT).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -21,6 +22,14 @@ from monitoring.refresher import Fetch, Refresher
 from monitoring.settings import HealthSettings
 from monitoring.state import NotReady, SwarmState, probe_state, refresh_state, swarm_state
 from monitoring.web import render
+
+
+class Worker(Protocol):
+    """Something that runs alongside the service: started with it, stopped (blocking) with it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Health(BaseModel):
@@ -60,16 +69,31 @@ def health(settings: HealthSettings, refresher: Refresher) -> tuple[int, Health]
     return 200, Health(status="ok", age_s=age)
 
 
-def create_app(settings: HealthSettings, refresher: Refresher, metrics: HealthMetrics) -> FastAPI:
-    """The service around an existing refresher (started and stopped by the app's lifespan)."""
+def create_app(
+    settings: HealthSettings,
+    refresher: Refresher,
+    metrics: HealthMetrics,
+    *,
+    workers: Sequence[Worker] = (),
+) -> FastAPI:
+    """The service around an existing refresher. The app's lifespan starts the refresher, then
+    ``workers``; at shutdown it stops the refresher first (no read may use what a worker closes),
+    then the workers in reverse order."""
+
+    def stop_all() -> None:
+        refresher.stop()  # may wait for a DHT read in progress
+        for worker in reversed(workers):
+            worker.stop()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refresher.start()
         try:
+            for worker in workers:
+                worker.start()
             yield
         finally:
-            await run_in_threadpool(refresher.stop)  # may wait for a DHT read in progress
+            await run_in_threadpool(stop_all)
 
     version = kit_version()
     app = FastAPI(

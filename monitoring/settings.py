@@ -1,19 +1,25 @@
-"""Settings of the health service (`PETALS_HEALTH_*` environment variables)."""
+"""Settings of the health service: flags, `PETALS_HEALTH_*` environment variables and the
+`[health]` table of swarm.toml (which swarm to watch comes from `SwarmSettings`, `[swarm]`)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from swarm.settings import KitSettings
 
 # 9160 keeps clear of the ports the kit's hosts already use: Prometheus 9090, Alertmanager
 # 9093/9094, node_exporter 9100, the Discord bot's Alertmanager webhook 8095.
 DEFAULT_PORT = 9160
 
 
-class HealthSettings(BaseSettings):
+class HealthSettings(KitSettings):
     """How the health service listens, how often it reads the swarm and what it expects of it."""
 
     model_config = SettingsConfigDict(env_prefix="PETALS_HEALTH_", extra="forbid")
+    toml_table: ClassVar[str] = "health"
 
     host: str = Field(
         default="127.0.0.1",
@@ -43,7 +49,11 @@ class HealthSettings(BaseSettings):
         description="seconds between two probe generations through the trusted client",
     )
     probe_tokens: int = Field(
-        default=16, ge=1, le=512, description="new tokens each probe generation asks for"
+        default=16,
+        ge=2,
+        le=512,
+        description="new tokens each probe generation asks for (at least 2: tokens/s is measured "
+        "after the first token)",
     )
     replication_target: int = Field(
         default=1,
@@ -56,4 +66,35 @@ class HealthSettings(BaseSettings):
         ge=1,
         le=600,
         description="seconds between two updates of the status page in the browser",
+    )
+    num_blocks: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="transformer blocks in the model; unset: read from the model directory's "
+        "config.json or the kit's table of known models",
+    )
+    reachability_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="seconds a server announced ONLINE has to answer a ping through the swarm's "
+        "DHT before the service calls it unreachable",
+    )
+    probe: bool = Field(
+        default=True,
+        description="run the probe: generate through the trusted client path every "
+        "probe_interval_s (needs the model's tokenizer on this host)",
+    )
+    probe_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="seconds one probe generation may take before it counts as a timeout",
+    )
+    probe_prompt: str = Field(
+        default="A private swarm of GPUs serves",
+        min_length=1,
+        max_length=2000,
+        description="text the probe continues (never a student's prompt)",
     )

@@ -1,4 +1,8 @@
-"""Let petals 2.2.0.post1 run on hivemind 1.1.12. Import this module before anything from petals.
+"""Let petals 2.2.0.post1 run on hivemind 1.1.12. Apply it before anything imports petals.
+
+Inside a function write ``import swarm.compat`` then the statement ``swarm.compat.apply()`` and
+only then ``from petals import ...``: a bare ``import swarm.compat`` line next to the petals import
+gets sorted below it by isort/ruff (first-party after third-party), and petals then fails.
 
 Why it exists: the only Petals release on PyPI (2.2.0.post1) pins hivemind 1.1.10.post2, whose
 source build downloads the p2pd binary from GitHub (impossible offline) and which needs pydantic<2.

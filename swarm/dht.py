@@ -91,6 +91,9 @@ def _info_to_dict(info: Any) -> dict[str, Any]:
 
 def read_announcements(dht: DHT, dht_prefix: str, num_blocks: int) -> list[ServerAnnouncement]:
     """One record per server announcing any of the model's blocks (latest records, any state)."""
+    import swarm.compat
+
+    swarm.compat.apply()  # a statement, so import sorting can never move petals above it
     from petals.utils.dht import get_remote_module_infos
 
     infos = get_remote_module_infos(dht, block_uids(dht_prefix, range(num_blocks)), latest=True)

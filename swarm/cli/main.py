@@ -21,6 +21,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "swarm.cli.model",
     "swarm.cli.health",
     "swarm.cli.bot",
+    "swarm.cli.chat",
+    "swarm.cli.gateway",
 )
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.monitoring.promql import dashboard_exprs, fill_variables, metric_names
 
-pytestmark = [pytest.mark.unit, pytest.mark.monitoring]
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from monitoring import snapshot as swarm
 from tests.monitoring.synthetic import peer, server, snapshot
 
-pytestmark = [pytest.mark.unit, pytest.mark.monitoring]
+pytestmark = pytest.mark.unit
 
 # (case, servers, expected trusted online servers per block of an 8-block model)
 REPLICATION_CASES = [

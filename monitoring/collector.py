@@ -1,0 +1,250 @@
+"""Read the private swarm into a ``SwarmSnapshot``: the refresher's ``fetch``.
+
+One client-mode DHT (a child process plus a p2pd) lives as long as the service; a failed read
+shuts it down and the next read joins the swarm again. Reachability is checked inside the swarm:
+every server that announces itself ONLINE is pinged through that DHT's own p2p connection (petals'
+``rpc_ping``), and one that does not answer within the timeout is reported "unreachable" — no
+outside service is asked. ``build_snapshot`` is the pure part: records and round-trip times in,
+snapshot out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from monitoring.snapshot import ServerRecord, ServerState, SwarmSnapshot
+from swarm.coverage import ServerAnnouncement
+from swarm.errors import SwarmUnavailable
+
+if TYPE_CHECKING:
+    from hivemind import DHT
+
+    from swarm.config import SwarmSettings
+
+log = logging.getLogger(__name__)
+
+# Petals announces these three; anything else from a foreign or future server reads as joining
+# (announced, not serving) rather than failing the whole read.
+_ANNOUNCED_STATES: dict[str, ServerState] = {
+    "joining": "joining",
+    "online": "online",
+    "offline": "offline",
+}
+
+
+def _non_negative(value: float | None) -> float | None:
+    # A peer controls what it announces; a negative or NaN number must not break validation.
+    if value is None or not value >= 0 or math.isinf(value):
+        return None
+    return float(value)
+
+
+def server_record(
+    announcement: ServerAnnouncement, *, trusted: bool, rtt_s: float | None
+) -> ServerRecord:
+    """One DHT announcement as a ``ServerRecord``; ONLINE with no ping answer is unreachable.
+
+    ``rtt_s`` is the ping's round trip: ``math.inf`` when the server did not answer, None when
+    it was not pinged.
+    """
+    state = _ANNOUNCED_STATES.get(announcement.state, "joining")
+    if state == "online" and rtt_s is not None and math.isinf(rtt_s):
+        state = "unreachable"
+    cache = announcement.cache_tokens_left
+    return ServerRecord(
+        peer_id=announcement.peer_id,
+        public_name=announcement.public_name,
+        state=state,
+        start_block=announcement.start_block,
+        end_block=announcement.end_block,
+        throughput=_non_negative(announcement.throughput),
+        inference_rps=_non_negative(announcement.inference_rps),
+        forward_rps=_non_negative(announcement.forward_rps),
+        network_rps=_non_negative(announcement.network_rps),
+        cache_tokens_left=cache if cache is not None and cache >= 0 else None,
+        version=announcement.version,
+        torch_dtype=announcement.torch_dtype,
+        quant_type=announcement.quant_type,
+        using_relay=announcement.using_relay,
+        trusted=trusted,
+    )
+
+
+def _valid_span(announcement: ServerAnnouncement) -> bool:
+    return 0 <= announcement.start_block < announcement.end_block
+
+
+def build_snapshot(
+    announcements: Iterable[ServerAnnouncement],
+    rtts: Mapping[str, float],
+    *,
+    model: str,
+    dht_prefix: str,
+    num_blocks: int,
+    replication_target: int,
+    trusted_peer_ids: Sequence[str],
+    taken_at: float,
+    refresh_seconds: float,
+) -> SwarmSnapshot:
+    """A snapshot from one read of the DHT (pure). ``rtts`` maps pinged PeerIDs to round trips
+    in seconds, ``math.inf`` for no answer; records with an impossible block span are dropped."""
+    trusted = set(trusted_peer_ids)
+    servers = []
+    for announcement in announcements:
+        if not _valid_span(announcement):
+            log.warning(
+                "ignoring %s: it announces blocks [%s, %s)",
+                announcement.peer_id,
+                announcement.start_block,
+                announcement.end_block,
+            )
+            continue
+        servers.append(
+            server_record(
+                announcement,
+                trusted=announcement.peer_id in trusted,
+                rtt_s=rtts.get(announcement.peer_id),
+            )
+        )
+    return SwarmSnapshot(
+        model=model,
+        dht_prefix=dht_prefix,
+        num_blocks=num_blocks,
+        replication_target=replication_target,
+        trusted_peer_ids=tuple(trusted_peer_ids),
+        servers=tuple(servers),
+        taken_at=taken_at,
+        refresh_seconds=refresh_seconds,
+    )
+
+
+def ping_servers(dht: DHT, peer_ids: Sequence[str], timeout_s: float) -> dict[str, float]:
+    """Round trip per PeerID through the DHT's p2p (``math.inf``: no answer within timeout_s)."""
+    if not peer_ids:
+        return {}
+    from swarm import compat
+
+    compat.apply()  # petals 2.2 imports on hivemind 1.1.12 only after this (idempotent)
+    from hivemind.p2p import PeerID
+    from petals.utils.ping import ping_parallel
+
+    # Runs inside the DHT's process, so the coroutine must be a picklable module-level function.
+    # petals' ping counts "protocol not supported" (a server whose DHT is in client mode,
+    # reachable through a relay) as an answer: the peer is there.
+    future = dht.run_coroutine(
+        functools.partial(
+            ping_parallel, [PeerID.from_base58(p) for p in peer_ids], wait_timeout=timeout_s
+        ),
+        return_future=True,
+    )
+    results = future.result(timeout=timeout_s + 10)
+    return {peer.to_base58(): float(rtt) for peer, rtt in results.items()}
+
+
+OpenDht = Callable[..., contextlib.AbstractContextManager[Any]]
+
+
+class DhtCollector:
+    """``fetch`` for the ``Refresher``: reads the DHT through one long-lived client DHT.
+
+    Thread-safe; ``close()`` (or ``stop()``) shuts the DHT down (its process and p2pd). Reads
+    after ``close()`` raise ``SwarmUnavailable``.
+    """
+
+    def __init__(
+        self,
+        swarm: SwarmSettings,
+        *,
+        num_blocks: int,
+        replication_target: int,
+        reachability_timeout_s: float = 5.0,
+        startup_timeout_s: float = 30.0,
+        open_dht: OpenDht | None = None,
+    ) -> None:
+        from swarm.dht import open_dht as default_open_dht
+
+        self._initial_peers = swarm.require_initial_peers()
+        self._trusted = tuple(swarm.trusted_servers)
+        self._model = swarm.model
+        self._dht_prefix = swarm.effective_dht_prefix
+        self._num_blocks = num_blocks
+        self._replication_target = replication_target
+        self._reachability_timeout_s = reachability_timeout_s
+        self._startup_timeout_s = startup_timeout_s
+        self._open_dht = open_dht or default_open_dht
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._dht: Any = None
+        self._closed = False
+        self.connects = 0  # DHT joins so far: 1 in a healthy service's whole life
+
+    def __call__(self) -> SwarmSnapshot:
+        from swarm.dht import read_announcements
+
+        with self._lock:
+            started = time.monotonic()
+            dht = self._connected()
+            try:
+                records = read_announcements(dht, self._dht_prefix, self._num_blocks)
+                online = [r.peer_id for r in records if r.state == "online"]
+                rtts = ping_servers(dht, online, self._reachability_timeout_s)
+            except BaseException:
+                # A broken DHT (dead process, lost p2pd) would fail every later read too.
+                self._disconnect()
+                raise
+            return build_snapshot(
+                records,
+                rtts,
+                model=self._model,
+                dht_prefix=self._dht_prefix,
+                num_blocks=self._num_blocks,
+                replication_target=self._replication_target,
+                trusted_peer_ids=self._trusted,
+                taken_at=time.time(),
+                refresh_seconds=time.monotonic() - started,
+            )
+
+    def _connected(self) -> Any:
+        if self._closed:
+            raise SwarmUnavailable("the collector is closed")
+        if self._dht is not None and not self._dht.is_alive():
+            log.warning("the DHT client process died; joining the swarm again")
+            self._disconnect()
+        if self._dht is None:
+            stack = contextlib.ExitStack()
+            self._dht = stack.enter_context(
+                self._open_dht(self._initial_peers, startup_timeout=self._startup_timeout_s)
+            )
+            self._stack = stack
+            self.connects += 1
+            log.info("joined the private swarm through %s", ", ".join(self._initial_peers))
+        return self._dht
+
+    def _disconnect(self) -> None:
+        stack, self._stack, self._dht = self._stack, None, None
+        if stack is not None:
+            try:
+                stack.close()
+            except Exception:
+                log.warning("shutting down the DHT client failed", exc_info=True)
+
+    def close(self) -> None:
+        """Shut the DHT client down; waits for a read in progress."""
+        with self._lock:
+            self._closed = True
+            self._disconnect()
+
+    # As a worker of the app (monitoring.app.Worker): the DHT is joined lazily by the first
+    # read, and closed when the service stops.
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.close()
