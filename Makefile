@@ -40,7 +40,8 @@ $(STAMP): $(REQS)
 	@$(PIP) install -q --no-deps -c constraints.txt petals==2.2.0.post1
 	@echo "   the kit's services and test tools"
 	@$(PIP) install -q -c constraints.txt -r requirements/kit.txt -r requirements/dev.txt
-	@$(PIP) install -q --no-deps --no-build-isolation -e .
+	@$(PIP) install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+	    || $(PIP) install --no-deps --no-build-isolation -e .  # quiet unless it fails
 	@$(BIN)/python -c 'import swarm.compat, petals; print("   petals", petals.__version__, "imports on hivemind", __import__("hivemind").__version__)' 2>/dev/null
 	@touch $@
 
@@ -77,7 +78,8 @@ wheelhouse: $(STAMP)  ## build ./wheelhouse: every wheel needed to install offli
 	@$(PIP) wheel -q -w $(WHEELHOUSE) -c constraints.txt $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
 	    -r requirements/petals-stack.txt -r requirements/kit.txt pip setuptools wheel
 	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps petals==2.2.0.post1
-	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps --no-build-isolation .
+	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps --no-build-isolation . >/dev/null 2>&1 \
+	    || $(PIP) wheel -w $(WHEELHOUSE) --no-deps --no-build-isolation .
 	@cp constraints.txt requirements/petals-stack.txt requirements/kit.txt scripts/install-from-wheelhouse.sh $(WHEELHOUSE)/
 	@echo "   $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels; install offline with: bash $(WHEELHOUSE)/install-from-wheelhouse.sh $(WHEELHOUSE) VENV"
 
