@@ -86,6 +86,7 @@ wheelhouse: $(STAMP)  ## build ./wheelhouse: every wheel needed to install offli
 bench: $(STAMP)  ## run the benchmarks in bench/ (figures printed and written to bench/results/)
 	$(BIN)/python -m bench.swarm_throughput
 	$(BIN)/python -m bench.monitoring_bench
+	$(BIN)/python -m bench.gateway_bench
 
 lock: $(STAMP)  ## rewrite constraints.txt from the installed venv (after a deliberate upgrade)
 	@{ sed -n '1,3p' constraints.txt; echo "petals==2.2.0.post1"; \

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import statistics
@@ -60,6 +61,76 @@ async def sse_stream(
         "started": sent,
         "ended": last,
     }
+
+
+def conversation_ttfts(client: Any, turns: int) -> tuple[list[float], list[float]]:
+    """Time to first token of a conversation's later turns (continuing its inference session)
+    and of the same prompts sent as fresh one-shot requests (new session, whole history)."""
+    from client import GenerationParams
+
+    params = GenerationParams(max_new_tokens=24)
+    reused: list[float] = []
+    fresh: list[float] = []
+    with client.conversation("You are a helpful assistant.") as chat:
+        for turn in range(turns):
+            question = f"Question {turn}: what is a block?"
+            history = [*chat.messages, {"role": "user", "content": question}]
+            stats = chat.send(question, params).wait()
+            if stats.reused_session:
+                reused.append(stats.time_to_first_token_s or 0.0)
+                fresh.append(client.generate(history, params).time_to_first_token_s or 0.0)
+    return reused, fresh
+
+
+async def measure(
+    client: Any,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    args: argparse.Namespace,
+    levels: list[int],
+) -> dict[str, Any]:
+    """Direct and gateway runs alternate, so both see the same load from whatever else the
+    machine runs; the direct client's blocking calls go to a thread."""
+    import httpx
+
+    from client import GenerationParams
+
+    fixed = GenerationParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    short_params = GenerationParams(max_new_tokens=2)
+    completions = url + "/v1/completions"
+    short = {**body, "max_tokens": 2, "min_tokens": 2}
+    out: dict[str, Any] = {"direct": [], "single": [], "direct_ttft": [], "ttft": []}
+    async with httpx.AsyncClient() as http:
+        await asyncio.to_thread(client.generate, PROMPT, short_params)  # warm-up both paths
+        await sse_stream(http, completions, headers, short)
+        say(f"one stream of {args.tokens} tokens, {args.runs} times each way")
+        for _ in range(args.runs):
+            out["direct"].append(await asyncio.to_thread(client.generate, PROMPT, fixed))
+            out["single"].append(await sse_stream(http, completions, headers, body))
+        say(f"time to first token, {args.ttft_requests} requests each way")
+        for _ in range(args.ttft_requests):
+            stats = await asyncio.to_thread(client.generate, PROMPT, short_params)
+            out["direct_ttft"].append(stats.time_to_first_token_s or 0.0)
+            out["ttft"].append((await sse_stream(http, completions, headers, short))["ttft_s"])
+        say("conversation turns: continued session vs a fresh one")
+        out["reused"], out["fresh"] = await asyncio.to_thread(conversation_ttfts, client, 8)
+        aggregate = {}
+        for level in levels:
+            say(f"{level} concurrent streams through the gateway")
+            runs = await asyncio.gather(
+                *(sse_stream(http, completions, headers, body) for _ in range(level))
+            )
+            wall = max(r["ended"] for r in runs) - min(r["started"] for r in runs)
+            aggregate[str(level)] = {
+                "aggregate_tokens_per_s": round(sum(r["tokens"] for r in runs) / wall, 1),
+                "per_stream_tokens_per_s_median": round(
+                    statistics.median(r["tokens_per_s"] for r in runs), 1
+                ),
+                "ttft_p50_s": round(percentile([r["ttft_s"] for r in runs], 0.5), 3),
+            }
+        out["aggregate"] = aggregate
+    return out
 
 
 def start_gateway(swarm: Any, tokens_file: Path, port: int, log: Path) -> subprocess.Popen:
@@ -112,23 +183,23 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64, help="tokens per stream")
-    parser.add_argument("--runs", type=int, default=5, help="single-stream runs per side")
+    parser.add_argument("--runs", type=int, default=8, help="single-stream runs per side")
     parser.add_argument("--ttft-requests", type=int, default=20, help="requests for TTFT p50/p95")
     parser.add_argument("--concurrency", default="1,4,8", help="concurrent stream counts")
     args = parser.parse_args(argv)
 
     import httpx
 
-    from client import ClientSettings, GenerationParams, SwarmClient
+    from client import ClientSettings, SwarmClient
     from client.cli_support import quiet_petals
     from client.gateway.tokens import add_token
     from swarm.localswarm import LocalSwarm, free_port
     from swarm.models.tiny import ensure_tiny_llama
 
     quiet_petals(False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
     model_dir = ensure_tiny_llama(progress=say)
     levels = [int(n) for n in args.concurrency.split(",")]
-    fixed = GenerationParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
     body = {
         "prompt": PROMPT,
         "max_tokens": args.tokens,
@@ -154,59 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
 
                 with SwarmClient(swarm.settings(), ClientSettings()) as client:
-                    client.generate(PROMPT, GenerationParams(max_new_tokens=4))  # warm-up
-                    say(f"direct: {args.runs} streams of {args.tokens} tokens")
-                    direct = [client.generate(PROMPT, fixed) for _ in range(args.runs)]
-                    say(f"direct: time to first token over {args.ttft_requests} requests")
-                    direct_ttft = [
-                        client.generate(
-                            PROMPT, GenerationParams(max_new_tokens=2)
-                        ).time_to_first_token_s
-                        or 0.0
-                        for _ in range(args.ttft_requests)
-                    ]
-
-                async def through_gateway() -> dict[str, Any]:
-                    completions = url + "/v1/completions"
-                    async with httpx.AsyncClient() as http:
-                        await sse_stream(
-                            http, completions, headers, {**body, "max_tokens": 4, "min_tokens": 4}
-                        )
-                        say(f"gateway: {args.runs} streams of {args.tokens} tokens")
-                        single = [
-                            await sse_stream(http, completions, headers, body)
-                            for _ in range(args.runs)
-                        ]
-                        say(f"gateway: time to first token over {args.ttft_requests} requests")
-                        short = {**body, "max_tokens": 2, "min_tokens": 2}
-                        ttft = [
-                            (await sse_stream(http, completions, headers, short))["ttft_s"]
-                            for _ in range(args.ttft_requests)
-                        ]
-                        aggregate = {}
-                        for level in levels:
-                            say(f"gateway: {level} concurrent streams")
-                            runs = await asyncio.gather(
-                                *(
-                                    sse_stream(http, completions, headers, body)
-                                    for _ in range(level)
-                                )
-                            )
-                            wall = max(r["ended"] for r in runs) - min(r["started"] for r in runs)
-                            aggregate[str(level)] = {
-                                "aggregate_tokens_per_s": round(
-                                    sum(r["tokens"] for r in runs) / wall, 1
-                                ),
-                                "per_stream_tokens_per_s_median": round(
-                                    statistics.median(r["tokens_per_s"] for r in runs), 1
-                                ),
-                                "ttft_p50_s": round(
-                                    percentile([r["ttft_s"] for r in runs], 0.5), 3
-                                ),
-                            }
-                        return {"single": single, "ttft": ttft, "aggregate": aggregate}
-
-                measured = asyncio.run(through_gateway())
+                    measured = asyncio.run(measure(client, url, headers, body, args, levels))
             finally:
                 gateway.send_signal(signal.SIGTERM)
                 try:
@@ -215,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     os.killpg(gateway.pid, signal.SIGKILL)
                     gateway.wait()
 
+    direct = measured["direct"]
+    direct_ttft, reused, fresh = measured["direct_ttft"], measured["reused"], measured["fresh"]
     direct_tps = statistics.median(s.tokens_per_second or 0.0 for s in direct)
     gateway_tps = statistics.median(r["tokens_per_s"] for r in measured["single"])
     gateway_ttft = measured["ttft"]
@@ -230,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_ttft_p50_s": round(percentile(gateway_ttft, 0.5), 3),
         "gateway_ttft_p95_s": round(percentile(gateway_ttft, 0.95), 3),
         "ttft_requests": args.ttft_requests,
+        "conversation_turn_ttft_reused_session_p50_s": round(percentile(reused, 0.5), 3),
+        "conversation_turn_ttft_fresh_session_p50_s": round(percentile(fresh, 0.5), 3),
         "concurrent_streams": measured["aggregate"],
     }
     path = write_results("gateway", results)
@@ -242,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         f"time to first token: direct p50 {results['direct_ttft_p50_s']} s / p95 "
         f"{results['direct_ttft_p95_s']} s; gateway p50 {results['gateway_ttft_p50_s']} s / "
         f"p95 {results['gateway_ttft_p95_s']} s"
+    )
+    print(
+        "conversation turn, time to first token p50: reused session "
+        f"{results['conversation_turn_ttft_reused_session_p50_s']} s, fresh session "
+        f"{results['conversation_turn_ttft_fresh_session_p50_s']} s"
     )
     for level, figures in results["concurrent_streams"].items():
         print(

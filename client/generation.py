@@ -93,13 +93,21 @@ def stream_generate(
     stop_sequences: Sequence[str] = (),
     should_cancel: Callable[[], bool] | None = None,
     session: Any = None,
+    started_at: float | None = None,
     **generate_kwargs: Any,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens``, calling ``on_text`` with each new piece of text."""
+    """Generate up to ``max_new_tokens``, calling ``on_text`` with each new piece of text.
+
+    ``started_at`` (a ``time.perf_counter()`` value) moves the origin of the timings back to when
+    the caller accepted the request, so queueing and session setup count towards the first token.
+    ``eos_token_id`` may be a list (e.g. Llama-3's end of turn besides end of text).
+    """
     from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
 
     state = _StreamState(tokenizer, on_text, tuple(stop_sequences), should_cancel)
+    if started_at is not None:
+        state.started = started_at
 
     class _Streamer(BaseStreamer):
         def put(self, value: Any) -> None:
@@ -128,6 +136,7 @@ def stream_generate(
     ttft = None if state.first_token_at is None else state.first_token_at - state.started
     reason = state.stop_reason
     if reason is None:
-        eos = tokenizer.eos_token_id
-        reason = "eos" if state.token_ids and state.token_ids[-1] == eos else "length"
+        eos = kwargs["eos_token_id"]
+        eos_ids = set(eos) if isinstance(eos, list | tuple) else {eos}
+        reason = "eos" if state.token_ids and state.token_ids[-1] in eos_ids else "length"
     return GenerationResult(state.emitted, state.token_ids, ttft, elapsed, reason)
