@@ -87,7 +87,9 @@ def model_num_blocks(model: str) -> int:
             ) from None
         layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
         if not isinstance(layers, int) or layers <= 0:
-            raise ModelError(f"model {model!r}: its config has no positive num_hidden_layers")
+            raise ModelError(
+                f"model {model!r}: its config has no positive num_hidden_layers"
+            ) from None
         return layers
 
 

@@ -56,7 +56,7 @@ def test_wheelhouse_installs_offline(tmp_path):
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import swarm.compat, petals, hivemind; print(petals.__version__, hivemind.__version__)",
+            "import swarm.compat, petals, hivemind;print(petals.__version__, hivemind.__version__)",
         ],
         cwd=tmp_path,
         capture_output=True,

@@ -89,7 +89,9 @@ def test_public_bootstrap_refused(text):
 
 def test_public_list_matches_petals_constants():
     """Our copy of the public bootstrap PeerIDs must cover petals' own list."""
-    import swarm.compat  # noqa: F401
+    import swarm.compat
+
+    swarm.compat.apply()
     from petals.constants import PUBLIC_INITIAL_PEERS
 
     for maddr in PUBLIC_INITIAL_PEERS:

@@ -28,7 +28,7 @@ def clean_env(monkeypatch, tmp_path):
 def test_defaults_have_no_peers_and_refuse_to_run():
     settings = SwarmSettings.load()
     assert settings.initial_peers == []
-    with pytest.raises(ConfigError, match="no bootstrap peers.*never falls back"):
+    with pytest.raises(ConfigError, match=r"no bootstrap peers.*never falls back"):
         settings.require_initial_peers()
     with pytest.raises(ConfigError, match="no trusted servers"):
         settings.require_trusted_servers()

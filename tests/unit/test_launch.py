@@ -83,7 +83,7 @@ def test_model_num_blocks_from_local_dir(tmp_path):
         model_num_blocks(str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         model_num_blocks(str(empty))
 
 
