@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,18 +16,12 @@ from client.gateway.tokens import add_token
 from client.settings import ClientSettings
 from client.swarm_client import SwarmClient
 from swarm.localswarm import LocalSwarm
+from tests.swarm.procs import wait_for
 
 
 def poll(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> object:
     """Wait until ``condition()`` is truthy (and return it), or fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    return wait_for(condition, timeout, what, poll=every)
 
 
 @pytest.fixture(scope="session")
