@@ -56,3 +56,7 @@ def lab_factory(lab_base: Path) -> Iterator[LabFactory]:
     yield start
     for lab in labs:
         lab.close()
+
+
+# The converged swarm for the playbook tests lives in its own module.
+from tests.lab.conftest_playbooks import swarm_lab  # noqa: E402,F401

@@ -1,0 +1,320 @@
+"""The private swarm converged by playbooks/site.yml on nspawn hosts, shared by the playbook tests.
+
+One lab per session (converging installs the runtime on four hosts and loads four real Petals
+servers): a bootstrap host, three more server hosts (CPU mode, the tiny Llama, replication 2, so
+two bootstrap peers and four server units hold the 8 blocks twice), and an outsider outside the
+trusted network. tests/lab/test_playbooks_converge.py only reads it; test_playbooks_operations.py
+restarts, kills and finally purges, so it runs after (files run in name order).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from tests.lab import labhosts
+from tests.lab.labhosts import REPO_ROOT, Lab, LabFactory
+
+PLAYBOOKS = REPO_ROOT / "playbooks"
+WHEELHOUSE = REPO_ROOT / "wheelhouse"
+WHEELHOUSE_IN_LAB = "/opt/lab/wheelhouse"
+SERVER_HOSTS = ["boot1", "srv1", "srv2", "srv3"]
+BOOTSTRAP_HOSTS = ["boot1", "srv1"]
+SERVICE_HOST = "boot1"  # health service, monitoring files, gateway and bot units
+PUBLIC_HOST = "srv3"
+OUTSIDER = "out1"
+NUM_BLOCKS = 8
+REPLICATION = 2
+PETALCTL = str(Path(sys.executable).parent / "petalctl")
+
+# Reads coverage from the DHT once a second through one long-lived client and prints a JSON line
+# per sample: {"t": ..., "min": trusted online servers of the worst block, "per_block": [...]}.
+SAMPLER = """
+import json, sys, time
+from swarm.config import SwarmSettings
+from swarm.coverage import servers_per_block
+from swarm.dht import open_dht, read_announcements
+settings = SwarmSettings.load()
+with open_dht(settings.require_initial_peers(), retry_for=60) as dht:
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        started = time.time()
+        try:
+            records = read_announcements(dht, settings.effective_dht_prefix, NUM_BLOCKS)
+            table = servers_per_block(records, NUM_BLOCKS, trusted=settings.trusted_servers)
+            per_block = [len(servers) for servers in table]
+            sample = {"t": started, "min": min(per_block), "per_block": per_block}
+            print(json.dumps(sample), flush=True)
+        except Exception as exc:
+            print(json.dumps({"t": started, "error": repr(exc)}), flush=True)
+        time.sleep(max(0.0, 1.0 - (time.time() - started)))
+""".replace("NUM_BLOCKS", str(NUM_BLOCKS))
+
+
+def cli_has(subcommand: str) -> bool:
+    """Whether this checkout's petalctl has a subcommand (the services are built concurrently)."""
+    res = subprocess.run([PETALCTL, subcommand, "--help"], capture_output=True, text=True)
+    return res.returncode == 0
+
+
+@dataclass
+class SwarmLab:
+    """A converged swarm: the lab, its inventory and the two site.yml runs."""
+
+    lab: Lab
+    inventory: Path
+    vault_password_file: Path
+    bot_token: str
+    health: bool
+    swarm_toml: Path = Path()
+    runs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def playbook(
+        self, name: str, *args: str, timeout: float = 1200
+    ) -> subprocess.CompletedProcess[str]:
+        vault = ("--vault-password-file", str(self.vault_password_file))
+        return self.lab.ansible_playbook(
+            PLAYBOOKS / name, self.inventory, *vault, *args, timeout=timeout
+        )
+
+    @property
+    def swarm_env(self) -> dict[str, str]:
+        return {"PETALS_CONFIG": str(self.swarm_toml)}
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """`petalctl status --json` from the controller: (exit code, document)."""
+        res = self.lab.run_controller(
+            [PETALCTL, "status", "--json"], env=self.swarm_env, timeout=120
+        )
+        try:
+            return res.returncode, json.loads(res.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"petalctl status: {res.stdout}{res.stderr}") from None
+
+    def replication(self) -> list[int]:
+        """Trusted online servers per block, from the DHT."""
+        _, doc = self.status()
+        return [len(servers) for servers in doc["block_servers"]]
+
+    def wait_for_replication(self, want: int, timeout: float = 240) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            per_block = self.replication()
+            if min(per_block) >= want or time.monotonic() > deadline:
+                return per_block
+            time.sleep(2)
+
+    def unit(self, host: str, unit: str, *props: str) -> dict[str, str]:
+        """systemctl show properties of a unit on a host."""
+        res = self.lab.ssh(host, f"systemctl show --property={','.join(props)} {unit}", check=True)
+        return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+
+
+class CoverageSampler:
+    """The SAMPLER script running in the lab namespace until stop()."""
+
+    def __init__(self, swarm: SwarmLab) -> None:
+        lab = swarm.lab
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.netns, sys.executable, "-c", SAMPLER],
+            env=lab.controller_env({**swarm.swarm_env, "PYTHONPATH": str(REPO_ROOT)}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        first = self._proc.stdout.readline()
+        if '"ready"' not in first:
+            self.stop()
+            raise AssertionError(f"the coverage sampler did not start: {first!r}")
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop sampling; the samples taken."""
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        out, _ = self._proc.communicate(timeout=60)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+class FirewallLab(Lab):
+    """Lab hosts that may load nftables rules (the firewall role).
+
+    systemd-nspawn keeps CAP_NET_ADMIN only with --private-network; a host joined to a network
+    namespace by path, as the harness does, loses it and `nft` answers "Operation not
+    permitted". Each host owns its namespace, so the capability reaches nothing outside it.
+    (Better as a Lab option in labhosts.py; until then the nspawn command line gets it here.)
+    """
+
+    def _boot(self, host: str) -> None:
+        popen = subprocess.Popen
+
+        def with_net_admin(args: list[str], *rest: Any, **kwargs: Any) -> Any:
+            if "systemd-nspawn" in args:
+                at = args.index("systemd-nspawn") + 1
+                args = [*args[:at], "--capability=CAP_NET_ADMIN", *args[at:]]
+            return popen(args, *rest, **kwargs)
+
+        with mock.patch.object(labhosts.subprocess, "Popen", with_net_admin):
+            super()._boot(host)
+
+
+def ensure_wheelhouse() -> Path:
+    """./wheelhouse from `make wheelhouse`; the kit's own wheel rebuilt from this checkout."""
+    needed = ("constraints.txt", "petals-stack.txt", "kit.txt")
+    if not all((WHEELHOUSE / name).exists() for name in needed) or not list(
+        WHEELHOUSE.glob("torch-*.whl")
+    ):
+        subprocess.run(["make", "wheelhouse"], cwd=REPO_ROOT, check=True)
+        return WHEELHOUSE
+    for old in WHEELHOUSE.glob("petals_swarm_kit-*.whl"):
+        old.unlink()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "-w", str(WHEELHOUSE), str(REPO_ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return WHEELHOUSE
+
+
+def window_far_from_now() -> tuple[str, str]:
+    """A daily lending window that starts ~10 hours from now and lasts an hour."""
+    start = datetime.datetime.now() + datetime.timedelta(hours=10)
+    stop = start + datetime.timedelta(hours=1)
+    return start.strftime("%H:%M"), stop.strftime("%H:%M")
+
+
+def write_vault(folder: Path, token: str) -> Path:
+    """group_vars/bot/vault.yml with the bot's token, encrypted by ansible-vault."""
+    password = folder / "vault-password"
+    password.write_text(secrets.token_urlsafe(24) + "\n")
+    password.chmod(0o600)
+    vault = folder / "group_vars" / "bot" / "vault.yml"
+    vault.parent.mkdir(parents=True)
+    vault.write_text(f"---\npetals_bot_discord_token: {token}\n")
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-vault"), "encrypt", "--vault-password-file",
+         str(password), str(vault)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return password
+
+
+def start_lab(lab_factory: LabFactory, model: str) -> Lab:
+    """Boot the hosts with the wheelhouse and the model directory mounted read-only.
+
+    The model directory sits at the same path on the hosts as here: the controller's planner and
+    the servers read the same petals_model.
+    """
+    return lab_factory(
+        SERVER_HOSTS,
+        outsiders=[OUTSIDER],
+        bind_ro={ensure_wheelhouse(): WHEELHOUSE_IN_LAB, model: model},
+        boot_timeout=180,
+    )
+
+
+def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
+    """The inventory of the lab's swarm (CPU mode, replication 2) with a vaulted bot token."""
+    token = "lab." + secrets.token_urlsafe(60)
+    health = cli_has("health")
+    start, stop = window_far_from_now()
+    inventory = lab.write_inventory(
+        folder / "inventory.ini",
+        groups={
+            "dht_bootstrap": BOOTSTRAP_HOSTS,
+            "gpu_servers": SERVER_HOSTS,
+            "monitoring": [SERVICE_HOST],
+            "gateway": [SERVICE_HOST],
+            "bot": [SERVICE_HOST],
+            "public_contributors": [PUBLIC_HOST],
+        },
+        group_vars={
+            "all": {
+                "petals_model": model,
+                "petals_replication": REPLICATION,
+                "petals_cpu_mode": True,
+                "petals_cpu_memory_gib": 2,
+                "petals_trusted_networks": [str(lab.trusted_cidr)],
+                "petals_runtime_source": "wheelhouse",
+                "petals_runtime_wheelhouse_dir": WHEELHOUSE_IN_LAB,
+                "petals_server_ready_timeout": 600,
+                # The hosts reach no package index: Prometheus and Grafana are not installed,
+                # only their files; the gateway and the bot have nothing to talk to.
+                "petals_monitoring_install_packages": False,
+                "petals_monitoring_manage_services": False,
+                "petals_health_state": "started" if health else "stopped",
+                # Fresh coverage for the day-2 waits; fewer probe generations on 2 cores.
+                "petals_health_env": {
+                    "PETALS_HEALTH_REFRESH_INTERVAL_S": 2,
+                    "PETALS_HEALTH_PROBE_INTERVAL_S": 300,
+                },
+                "petals_gateway_state": "stopped",
+                "petals_bot_state": "stopped",
+                **({} if health else {"petals_day2_health_url": ""}),
+            }
+        },
+        hostvars={
+            PUBLIC_HOST: {
+                "petals_public_contributor_gpus": [1],
+                "petals_public_contributor_window_start": start,
+                "petals_public_contributor_window_stop": stop,
+            }
+        },
+    )
+    return SwarmLab(lab, inventory, write_vault(folder, token), token, health)
+
+
+def converge(swarm: SwarmLab) -> None:
+    """site.yml twice (the second run must change nothing); then the clients' swarm.toml."""
+    for run in ("first", "second"):
+        t0 = time.monotonic()
+        swarm.runs[run] = res = swarm.playbook("site.yml")
+        swarm.timings[f"site.yml {run}"] = time.monotonic() - t0
+        if res.returncode != 0:
+            pytest.fail(
+                f"site.yml ({run} run) exited {res.returncode}:\n{res.stdout[-8000:]}\n"
+                f"{res.stderr[-3000:]}",
+                pytrace=False,
+            )
+    swarm.swarm_toml = swarm.inventory.parent / "swarm.toml"
+    toml = swarm.lab.ssh(SERVICE_HOST, "cat /etc/petals/swarm.toml", check=True).stdout
+    swarm.swarm_toml.write_text(toml)
+
+
+@pytest.fixture(scope="session")
+def swarm_lab(
+    lab_base: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SwarmLab]:
+    started = time.monotonic()
+    model = str(tiny_model_dir.resolve())
+    labs: list[Lab] = []
+
+    def factory(hosts: list[str], **options: Any) -> Lab:
+        labs.append(FirewallLab(hosts, base=lab_base, **options))
+        return labs[-1].start()
+
+    try:
+        lab = start_lab(factory, model)
+        swarm = write_lab_inventory(lab, tmp_path_factory.mktemp("inventory"), model)
+        swarm.timings["boot"] = time.monotonic() - started
+        converge(swarm)
+        yield swarm
+    finally:
+        for lab in labs:
+            lab.close()
+    print(f"\nplaybook lab timings (s): { {k: round(v) for k, v in swarm.timings.items()} }")

@@ -1,0 +1,227 @@
+"""site.yml on real systemd hosts: it converges, the swarm serves, a second run changes nothing.
+
+These tests only read the converged swarm (tests/lab/conftest_playbooks.py); the ones that
+restart, kill and purge are in test_playbooks_operations.py, which runs after this file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab.conftest_playbooks import (
+    BOOTSTRAP_HOSTS,
+    NUM_BLOCKS,
+    OUTSIDER,
+    PUBLIC_HOST,
+    REPLICATION,
+    SERVER_HOSTS,
+    SERVICE_HOST,
+    SwarmLab,
+)
+from tests.lab.labhosts import REPO_ROOT, parse_recap
+
+pytestmark = pytest.mark.lab
+
+# Greedy generation through the swarm (the trusted client path) and with the same model loaded
+# locally; prints both token lists as JSON.
+GENERATE = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from client.generation import stream_generate
+from client.petals_model import open_distributed_model
+from swarm.config import SwarmSettings
+
+settings = SwarmSettings.load()
+tokenizer = AutoTokenizer.from_pretrained(settings.model)
+ids = tokenizer.apply_chat_template(
+    [{"role": "user", "content": sys.argv[1]}], add_generation_prompt=True, return_tensors="pt"
+)
+local = AutoModelForCausalLM.from_pretrained(settings.model)
+expected = local.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=0, eos_token_id=2)
+with open_distributed_model(settings) as remote:
+    result = stream_generate(remote, tokenizer, ids, max_new_tokens=32)
+print(json.dumps({"local": expected[0, ids.shape[1]:].tolist(), "swarm": result.token_ids}))
+"""
+# Opens a TCP connection from inside a host: prints OPEN or CLOSED (a drop times out).
+CONNECT = "timeout 2 bash -c 'exec 3<>/dev/tcp/{}/{}' 2>/dev/null && echo OPEN || echo CLOSED"
+SECURITY_THRESHOLD = 20  # systemd-analyze's exposure scale x10: 2.0 is "OK"
+
+
+def test_site_converges_then_changes_nothing(swarm_lab: SwarmLab) -> None:
+    first = parse_recap(swarm_lab.runs["first"].stdout)
+    second = parse_recap(swarm_lab.runs["second"].stdout)
+    assert sorted(first) == sorted(SERVER_HOSTS)
+    assert all(counts["changed"] > 0 for counts in first.values()), first
+    changed = {host: counts["changed"] for host, counts in second.items()}
+    assert changed == dict.fromkeys(SERVER_HOSTS, 0), swarm_lab.runs["second"].stdout[-6000:]
+
+
+def test_every_block_is_served_twice_by_trusted_servers(swarm_lab: SwarmLab) -> None:
+    code, status = swarm_lab.status()
+    trusted = set(swarm_lab.swarm_toml.read_text().split("trusted_servers = ")[1].split('"')[1::2])
+    assert code == 0 and status["covered"]
+    assert len(trusted) == len(SERVER_HOSTS)
+    assert [len(servers) for servers in status["block_servers"]] == [REPLICATION] * NUM_BLOCKS
+    assert {peer for servers in status["block_servers"] for peer in servers} == trusted
+    names = {s["public_name"] for s in status["servers"] if s["state"] == "online"}
+    assert names == {f"{host}-cpu" for host in SERVER_HOSTS}
+
+
+def test_the_health_service_reports_full_coverage(swarm_lab: SwarmLab) -> None:
+    if not swarm_lab.health:
+        pytest.fail("this checkout's petalctl has no `health` subcommand", pytrace=False)
+    url = f"http://{swarm_lab.lab.ip(SERVICE_HOST)}:9160/api/v1/state"
+    res = swarm_lab.lab.run_controller(["curl", "-sf", "--max-time", "10", url], timeout=30)
+    state = json.loads(res.stdout)
+    assert state["coverage"]["uncovered_blocks"] == []
+    assert state["coverage"]["min_replication"] == REPLICATION
+    assert state["untrusted_servers"] == [] and state["trusted_missing"] == []
+
+
+def test_generation_through_the_swarm_matches_the_local_model(swarm_lab: SwarmLab) -> None:
+    res = swarm_lab.lab.run_controller(
+        [sys.executable, "-c", GENERATE, "When is the exam?"],
+        env={**swarm_lab.swarm_env, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    tokens = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(tokens["local"]) > 8
+    assert tokens["swarm"] == tokens["local"]
+
+
+def test_each_server_runs_its_planned_blocks_as_the_service_user(swarm_lab: SwarmLab) -> None:
+    plan = json.loads((swarm_lab.inventory.parent / ".petals/plan.json").read_text())
+    for host in SERVER_HOSTS:
+        (planned,) = plan["hosts"][host]
+        unit = swarm_lab.unit(host, "petals-server@0.service", "ActiveState", "MainPID", "Type")
+        assert unit["ActiveState"] == "active" and unit["Type"] == "notify", (host, unit)
+        user = swarm_lab.lab.ssh(host, f"ps -o user= -p {unit['MainPID']}").stdout.strip()
+        env = swarm_lab.lab.ssh(host, "cat /etc/petals/server-0.env", check=True).stdout
+        assert user == "petals", host
+        assert f"PETALS_SERVER_BLOCKS={planned['start']}:{planned['end']}\n" in env, host
+    for host in BOOTSTRAP_HOSTS:
+        unit = swarm_lab.unit(host, "petals-dht-bootstrap.service", "ActiveState")
+        assert unit["ActiveState"] == "active", host
+
+
+def test_firewall_keeps_swarm_ports_to_the_trusted_network(swarm_lab: SwarmLab) -> None:
+    lab = swarm_lab.lab
+    targets = [(lab.ip("boot1"), 31337), (lab.ip("srv1"), 31337), (lab.ip("srv2"), 31340)]
+    for ip, port in targets:
+        assert lab.ssh(OUTSIDER, CONNECT.format(ip, port)).stdout.strip() == "CLOSED", (ip, port)
+        assert lab.ssh("srv3", CONNECT.format(ip, port)).stdout.strip() == "OPEN", (ip, port)
+    # The table touches only the kit's ports: SSH still answers the outsider.
+    assert lab.ssh(OUTSIDER, CONNECT.format(lab.ip("srv2"), 22)).stdout.strip() == "OPEN"
+    health = lab.ssh(OUTSIDER, CONNECT.format(lab.ip(SERVICE_HOST), 9160)).stdout.strip()
+    assert health == "CLOSED"
+
+
+def test_rendered_units_verify_cleanly_and_are_hardened(swarm_lab: SwarmLab) -> None:
+    # Every unit file the roles installed, checked where it runs (ExecStart must exist there).
+    script = (
+        'cd /etc/systemd/system && for u in petals-*; do [ -f "$u" ] || continue; '
+        'echo "== $u"; systemd-analyze verify --man=no "$u" 2>&1; '
+        'case "$u" in *.service) i="${u/@./@1.}"; '
+        f'systemd-analyze security --no-pager --threshold={SECURITY_THRESHOLD} "$i" >/dev/null '
+        '2>&1 || echo "security above threshold: $i";; esac; done'
+    )
+    seen = set()
+    for host in SERVER_HOSTS:
+        out = swarm_lab.lab.ssh(host, script, check=True).stdout
+        for block in out.split("== ")[1:]:
+            name, _, problems = block.partition("\n")
+            seen.add(name)
+            assert problems.strip() == "", f"{host} {name}:\n{problems}"
+    assert {
+        "petals-dht-bootstrap.service", "petals-server@.service", "petals-firewall.service",
+        "petals-health.service", "petals-gateway.service", "petals-bot.service",
+        "petals-public-contributor@.service", "petals-public-contributor.target",
+        "petals-public-contributor-stop.service", "petals-public-contributor-start.timer",
+        "petals-public-contributor-stop.timer",
+    } <= seen  # fmt: skip
+
+
+def test_public_contributor_is_isolated_and_waits_for_its_window(swarm_lab: SwarmLab) -> None:
+    lab = swarm_lab.lab
+    target = swarm_lab.unit(PUBLIC_HOST, "petals-public-contributor.target", "ActiveState")
+    assert target["ActiveState"] == "inactive"
+    for timer in ("start", "stop"):
+        unit = swarm_lab.unit(
+            PUBLIC_HOST, f"petals-public-contributor-{timer}.timer", "ActiveState",
+            "NextElapseUSecRealtime",
+        )  # fmt: skip
+        assert unit["ActiveState"] == "active" and unit["NextElapseUSecRealtime"], unit
+    # Its user cannot read the private swarm's configuration or identities.
+    for path in ("/etc/petals/swarm.toml", "/var/lib/petals/identities/server-0.id"):
+        res = lab.ssh(PUBLIC_HOST, f"runuser -u petals-public -- cat {path}")
+        assert res.returncode != 0 and "Permission denied" in res.stderr, path
+    owner = lab.ssh(PUBLIC_HOST, "stat -c '%U %a' /var/lib/petals-public/identity-1.id").stdout
+    assert owner.split() == ["petals-public", "600"]
+    unit = swarm_lab.unit(
+        PUBLIC_HOST, "petals-public-contributor@1.service", "User", "ExecStart", "Environment",
+        "InaccessiblePaths",
+    )  # fmt: skip
+    assert unit["User"] == "petals-public"
+    assert "/p2p/" not in unit["ExecStart"] and "PETALS_" not in unit["Environment"]
+    assert "CUDA_VISIBLE_DEVICES=1" in unit["Environment"]
+    assert "/etc/petals" in unit["InaccessiblePaths"]
+
+
+def test_bot_token_comes_from_the_vault_and_is_never_logged(swarm_lab: SwarmLab) -> None:
+    lab = swarm_lab.lab
+    token_file = lab.ssh(
+        SERVICE_HOST, "stat -c '%U %a' /etc/petals/bot-token; cat /etc/petals/bot-token"
+    )
+    assert token_file.stdout.splitlines() == ["root 600", swarm_lab.bot_token]
+    assert swarm_lab.bot_token not in lab.ssh(SERVICE_HOST, "cat /etc/petals/bot.env").stdout
+    for run in swarm_lab.runs.values():
+        assert swarm_lab.bot_token not in run.stdout + run.stderr
+    unit = lab.ssh(SERVICE_HOST, "systemctl cat petals-bot.service", check=True).stdout
+    assert "\nLoadCredential=discord-token:/etc/petals/bot-token\n" in unit
+    # The credential as the bot's user gets it passes the bot's own check (mode 0600 or stricter).
+    read = (
+        "systemd-run --wait --pipe --quiet -p User=petals "
+        "-p LoadCredential=discord-token:/etc/petals/bot-token /opt/petals/venv/bin/python -c "
+        "'import os, pathlib; from bot.settings import read_secret_file; "
+        'print(read_secret_file(pathlib.Path(os.environ["CREDENTIALS_DIRECTORY"], '
+        '"discord-token"), "token"))\''
+    )
+    assert lab.ssh(SERVICE_HOST, read).stdout.strip() == swarm_lab.bot_token
+
+
+def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> None:
+    found = {name: shutil.which(name) for name in ("promtool", "amtool")}
+    tools = {name: path for name, path in found.items() if path}
+    if len(tools) != len(found):
+        pytest.fail("promtool/amtool missing: run scripts/monitoring-deps.sh", pytrace=False)
+    lab = swarm_lab.lab
+    files = {
+        "prometheus.yml": "/etc/prometheus/prometheus.yml",
+        "rules.yml": "/etc/prometheus/rules/petals-alerts.yml",
+        "alertmanager.yml": "/etc/prometheus/alertmanager.yml",
+    }
+    for name, path in files.items():
+        (tmp_path / name).write_text(lab.ssh(SERVICE_HOST, f"cat {path}", check=True).stdout)
+    checks = [
+        [tools["promtool"], "check", "config", "--syntax-only", str(tmp_path / "prometheus.yml")],
+        [tools["promtool"], "check", "rules", str(tmp_path / "rules.yml")],
+        [tools["amtool"], "check-config", str(tmp_path / "alertmanager.yml")],
+    ]
+    for cmd in checks:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, (cmd, res.stdout, res.stderr)
+    prometheus = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    health = f"{lab.ip(SERVICE_HOST)}:9160"
+    assert jobs["petals-health"]["static_configs"] == [{"targets": [health]}]
+    alertmanager = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())
+    hooks = [h["url"] for r in alertmanager["receivers"] for h in r.get("webhook_configs", [])]
+    assert hooks == [f"http://{lab.ip(SERVICE_HOST)}:8095/alertmanager"]
