@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -301,7 +302,14 @@ def swarm_lab(
     lab_base: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SwarmLab]:
     started = time.monotonic()
-    model = str(tiny_model_dir.resolve())
+    # The servers' units have PrivateTmp= (and ProtectHome=), so a clone under /tmp, /var/tmp or
+    # /home would hide a model bind-mounted at its own path. Copy the tiny model (2 MB) to a path
+    # the units can see, the same on the controller and the hosts, and remove it afterwards.
+    shared_models = Path(f"/opt/petals-lab-models/{os.getpid()}")
+    shared_models.mkdir(parents=True, exist_ok=True)
+    model_copy = shared_models / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir.resolve(), model_copy, dirs_exist_ok=True)
+    model = str(model_copy)
     labs: list[Lab] = []
 
     def factory(hosts: list[str], **options: Any) -> Lab:
@@ -317,4 +325,5 @@ def swarm_lab(
     finally:
         for lab in labs:
             lab.close()
+        shutil.rmtree(shared_models, ignore_errors=True)
     print(f"\nplaybook lab timings (s): { {k: round(v) for k, v in swarm.timings.items()} }")
