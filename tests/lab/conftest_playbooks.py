@@ -9,6 +9,7 @@ restarts, kills and finally purges, so it runs after (files run in name order).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -326,4 +327,6 @@ def swarm_lab(
         for lab in labs:
             lab.close()
         shutil.rmtree(shared_models, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            shared_models.parent.rmdir()  # only when no other run uses it
     print(f"\nplaybook lab timings (s): { {k: round(v) for k, v in swarm.timings.items()} }")
