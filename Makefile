@@ -68,9 +68,9 @@ test-unit test-monitoring test-swarm test-bot test-lab: $(STAMP) system-deps
 	@bash scripts/run-tests.sh $(patsubst test-%,%,$@)
 
 lint: $(STAMP)  ## ruff and mypy on the package code
-	$(BIN)/ruff check swarm client monitoring bot tests bench
-	$(BIN)/ruff format --check swarm client monitoring bot tests bench
-	$(BIN)/mypy swarm client monitoring bot
+	$(BIN)/ruff check swarm client monitoring bot petalctl tests bench
+	$(BIN)/ruff format --check swarm client monitoring bot petalctl tests bench
+	$(BIN)/mypy swarm client monitoring bot petalctl
 
 wheelhouse: $(STAMP)  ## build ./wheelhouse: every wheel needed to install offline (--no-index)
 	@echo "== wheelhouse: wheels of the pinned set into $(WHEELHOUSE)/"

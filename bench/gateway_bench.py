@@ -137,7 +137,7 @@ def start_gateway(swarm: Any, tokens_file: Path, port: int, log: Path) -> subpro
     argv = [
         sys.executable,
         "-m",
-        "swarm.cli.main",
+        "petalctl.main",
         "gateway",
         "--model",
         swarm.model,

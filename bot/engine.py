@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.errors import AnswerFailed, AnswerTimeout, SwarmDown
 from bot.jobs import CancelToken
 from bot.prompt import ChatMessage
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError, KitError, SwarmUnavailable
+from swarm.swarm_settings import SwarmSettings
 
 if TYPE_CHECKING:
     from client import ClientSettings, SwarmClient

@@ -20,8 +20,8 @@ from bot.errors import TokenError
 from bot.settings import BotSettings
 from bot.store import Store
 from client import ClientSettings
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError
+from swarm.swarm_settings import SwarmSettings
 
 log = logging.getLogger("bot")
 

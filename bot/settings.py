@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from bot.errors import TokenError
-from swarm.settings import KitSettings
+from swarm.settings_base import KitSettings
 
 TOKEN_ENV = "PETALS_BOT_TOKEN"
 HIDDEN_FIELDS = ("discord_api_base", "discord_gateway_url")

@@ -9,8 +9,8 @@ import logging
 from client.params import GenerationParams
 from client.settings import ClientSettings
 from client.swarm_client import SwarmClient
-from swarm.config import SwarmSettings
-from swarm.settings import add_arguments
+from swarm.settings_base import add_arguments
+from swarm.swarm_settings import SwarmSettings
 
 SWARM_FIELDS = ("model", "dht_prefix", "initial_peers", "trusted_servers", "request_timeout")
 CLIENT_FIELDS = ("chat_template", "max_retries", "connect_timeout", "context_window")

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from swarm.config import SwarmSettings
 from swarm.errors import SwarmUnavailable
+from swarm.swarm_settings import SwarmSettings
 
 
 def _sequence_managers(model: Any) -> list[Any]:

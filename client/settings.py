@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from client.templates import ChatStyle
-from swarm.settings import KitSettings
+from swarm.settings_base import KitSettings
 
 
 class ClientSettings(KitSettings):

@@ -37,8 +37,8 @@ from client.streams import (
     StreamStats,
 )
 from client.templates import ChatTemplate, Message, fit_messages, make_template, normalize_messages
-from swarm.config import SwarmSettings
 from swarm.errors import SwarmUnavailable
+from swarm.swarm_settings import SwarmSettings
 
 Prompt = str | Sequence[Message]
 

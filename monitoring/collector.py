@@ -26,7 +26,7 @@ from swarm.errors import SwarmUnavailable
 if TYPE_CHECKING:
     from hivemind import DHT
 
-    from swarm.config import SwarmSettings
+    from swarm.swarm_settings import SwarmSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from monitoring.metrics import HealthMetrics, ProbeFailureReason
 from swarm.errors import SwarmUnavailable
 
 if TYPE_CHECKING:
-    from swarm.config import SwarmSettings
+    from swarm.swarm_settings import SwarmSettings
 
 log = logging.getLogger(__name__)
 

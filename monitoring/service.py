@@ -19,8 +19,8 @@ from monitoring.metrics import HealthMetrics
 from monitoring.probe import Probe
 from monitoring.refresher import Refresher
 from monitoring.settings import HealthSettings
-from swarm.config import SwarmSettings
 from swarm.errors import EXIT_OK, ConfigError
+from swarm.swarm_settings import SwarmSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from swarm.settings import KitSettings
+from swarm.settings_base import KitSettings
 
 # 9160 keeps clear of the ports the kit's hosts already use: Prometheus 9090, Alertmanager
 # 9093/9094, node_exporter 9100, the Discord bot's Alertmanager webhook 8095.

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarm.addresses import parse_multiaddr
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError, ModelError
 from swarm.process import ManagedProcess
+from swarm.swarm_settings import SwarmSettings
 
 
 @dataclass(frozen=True)

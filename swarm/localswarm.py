@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarm.config import SwarmSettings
 from swarm.coverage import ServerAnnouncement
 from swarm.dht import open_dht, read_announcements, wait_for_blocks, wait_for_listener
 from swarm.errors import ProcessError
@@ -28,6 +27,7 @@ from swarm.launch import (
     start_server,
 )
 from swarm.process import ManagedProcess
+from swarm.swarm_settings import SwarmSettings
 
 Progress = Callable[[str], None]
 

@@ -27,8 +27,8 @@ from client.gateway.tokens import TokenStore
 from client.params import describe_errors
 from client.settings import ClientSettings
 from client.swarm_client import SwarmClient
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError
+from swarm.swarm_settings import SwarmSettings
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from client.params import MAX_NEW_TOKENS_LIMIT
-from swarm.settings import KitSettings
+from swarm.settings_base import KitSettings
 
 _HASH_ENTRY = re.compile(r"^[A-Za-z0-9_.@-]{1,64}:sha256:[0-9a-f]{64}$")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.store import Store
-from swarm.cli.main import main
+from petalctl.main import main
 from swarm.errors import EXIT_USAGE
 from tests.bot.helpers import GOOD, record
 

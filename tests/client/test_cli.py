@@ -33,7 +33,7 @@ def swarm_flags(swarm: LocalSwarm, trusted: list[str] | None = None) -> list[str
 
 def petalctl(*args: str, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "swarm.cli.main", *args],
+        [sys.executable, "-m", "petalctl.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -112,7 +112,7 @@ def test_chat_ctrl_c_stops_the_answer_not_the_program(local_swarm: LocalSwarm):
         [
             sys.executable,
             "-m",
-            "swarm.cli.main",
+            "petalctl.main",
             "chat",
             *swarm_flags(local_swarm),
             "--max-new-tokens",
@@ -176,7 +176,7 @@ def test_gateway_command_serves_with_a_token_from_the_token_command(
         [
             sys.executable,
             "-m",
-            "swarm.cli.main",
+            "petalctl.main",
             "gateway",
             *swarm_flags(local_swarm),
             "--tokens-file",

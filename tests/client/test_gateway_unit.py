@@ -82,7 +82,7 @@ def test_default_answer_length_must_fit_the_limit():
 
 def test_a_client_refuses_settings_without_private_peers_or_trusted_servers():
     from client import SwarmClient
-    from swarm.config import SwarmSettings
+    from swarm.swarm_settings import SwarmSettings
 
     peer = "/ip4/127.0.0.1/tcp/4000/p2p/QmUSeQeQgRHMxLUDYjeuFUFxAKGDeJcwBKVWwjaE4FKJhb"
     with pytest.raises(ConfigError, match="no bootstrap peers"):

@@ -46,7 +46,7 @@ PETALCTL = str(Path(sys.executable).parent / "petalctl")
 # per sample: {"t": ..., "min": trusted online servers of the worst block, "per_block": [...]}.
 SAMPLER = """
 import json, sys, time
-from swarm.config import SwarmSettings
+from swarm.swarm_settings import SwarmSettings
 from swarm.coverage import servers_per_block
 from swarm.dht import open_dht, read_announcements
 settings = SwarmSettings.load()

@@ -36,7 +36,7 @@ import json, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from client.generation import stream_generate
 from client.petals_model import open_distributed_model
-from swarm.config import SwarmSettings
+from swarm.swarm_settings import SwarmSettings
 
 settings = SwarmSettings.load()
 tokenizer = AutoTokenizer.from_pretrained(settings.model)

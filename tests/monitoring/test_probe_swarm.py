@@ -15,9 +15,9 @@ import pytest
 from monitoring.metrics import HealthMetrics
 from monitoring.probe import Probe, ProbeTimeout, classify_failure
 from monitoring.refresher import RefreshStatus
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError, SwarmUnavailable
 from swarm.localswarm import LocalSwarm
+from swarm.swarm_settings import SwarmSettings
 from tests.monitoring.procs import wait_until
 
 pytestmark = pytest.mark.monitoring

@@ -16,7 +16,7 @@ from tests.swarm.procs import LineReader, new_marker_env, processes_with_marker,
 
 pytestmark = pytest.mark.swarm
 
-PETALCTL = [sys.executable, "-m", "swarm.cli.main"]
+PETALCTL = [sys.executable, "-m", "petalctl.main"]
 PRIVATE_PEER = "QmYqpnb37uQgZZDmXyBdv1UVUZ221oupeLpnagyL1DxtYA"
 BOOT = f"/ip4/127.0.0.1/tcp/9/p2p/{PRIVATE_PEER}"
 PUBLIC = "/dns/bootstrap1.petals.dev/tcp/31337/p2p/QmedTaZXmULqwspJXz44SsPZyTNKxhnnFvYRajfH7MGhCY"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.cli.main import main
+from petalctl.main import main
 
 pytestmark = pytest.mark.unit
 

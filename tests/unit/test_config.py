@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from swarm.config import SwarmSettings, derive_dht_prefix
 from swarm.errors import ConfigError
-from swarm.settings import add_arguments
+from swarm.settings_base import add_arguments
+from swarm.swarm_settings import SwarmSettings, derive_dht_prefix
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from swarm.config import SwarmSettings
 from swarm.errors import ConfigError, ModelError
 from swarm.launch import (
     BlockRange,
@@ -16,6 +15,7 @@ from swarm.launch import (
     server_argv,
 )
 from swarm.localswarm import split_blocks
+from swarm.swarm_settings import SwarmSettings
 
 pytestmark = pytest.mark.unit
 

@@ -13,16 +13,16 @@ from swarm.errors import EXIT_INTERRUPTED, KitError
 # Modules with `register(subparsers)`; each adds one or more subcommands whose `func(args) -> int`
 # does the work. Heavy imports (torch, petals) happen inside those functions, so `--help` is fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "swarm.cli.identity",
-    "swarm.cli.run",
-    "swarm.cli.demo",
-    "swarm.cli.status",
-    "swarm.cli.plan",
-    "swarm.cli.model",
-    "swarm.cli.health",
-    "swarm.cli.bot",
-    "swarm.cli.chat",
-    "swarm.cli.gateway",
+    "petalctl.identity",
+    "petalctl.run",
+    "petalctl.demo",
+    "petalctl.status",
+    "petalctl.plan",
+    "petalctl.model",
+    "petalctl.health",
+    "petalctl.bot",
+    "petalctl.chat",
+    "petalctl.gateway",
 )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     from client.cli_support import add_client_arguments
     from client.gateway.settings import GatewaySettings
-    from swarm.settings import add_arguments
+    from swarm.settings_base import add_arguments
 
     parser = subparsers.add_parser(
         "gateway",
@@ -62,7 +62,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     from client.gateway.app import create_app
     from client.gateway.settings import GatewaySettings
     from client.settings import ClientSettings
-    from swarm.config import SwarmSettings
+    from swarm.swarm_settings import SwarmSettings
 
     settings = GatewaySettings.from_args(args)
     swarm = SwarmSettings.from_args(args)

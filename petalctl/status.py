@@ -6,9 +6,9 @@ import argparse
 import json
 from dataclasses import asdict
 
-from swarm.config import SwarmSettings
 from swarm.errors import EXIT_UNAVAILABLE
-from swarm.settings import add_arguments
+from swarm.settings_base import add_arguments
+from swarm.swarm_settings import SwarmSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

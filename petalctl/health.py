@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from swarm.config import SwarmSettings
-from swarm.settings import add_arguments
+from swarm.settings_base import add_arguments
+from swarm.swarm_settings import SwarmSettings
 
 SWARM_FIELDS = ("model", "dht_prefix", "initial_peers", "trusted_servers", "request_timeout")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     from bot.settings import HIDDEN_FIELDS, TOKEN_ENV, BotSettings
     from client.settings import ClientSettings
-    from swarm.config import SwarmSettings
-    from swarm.settings import add_arguments
+    from swarm.settings_base import add_arguments
+    from swarm.swarm_settings import SwarmSettings
 
     parser = subparsers.add_parser(
         "bot",
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bot.run import configure_logging, point_discord_at, run_bot
     from client.settings import ClientSettings
-    from swarm.config import SwarmSettings
+    from swarm.swarm_settings import SwarmSettings
 
     swarm = SwarmSettings.from_args(args)
     swarm.require_initial_peers()

@@ -19,10 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 from swarm.addresses import parse_multiaddr
-from swarm.config import SwarmSettings
 from swarm.errors import EXIT_OK, ConfigError, ProcessError
 from swarm.process import ManagedProcess
-from swarm.settings import add_arguments
+from swarm.settings_base import add_arguments
+from swarm.swarm_settings import SwarmSettings
 
 SERVER_FIELDS = (
     "model", "dht_prefix", "initial_peers", "torch_dtype", "quant_type",

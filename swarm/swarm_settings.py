@@ -17,7 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from swarm.addresses import parse_multiaddr, parse_private_bootstrap, validate_peer_id
 from swarm.errors import ConfigError
-from swarm.settings import KitSettings
+from swarm.settings_base import KitSettings
 
 TorchDtype = Literal["auto", "float32", "float16", "bfloat16"]
 QuantType = Literal["none", "int8", "nf4"]
