@@ -412,7 +412,10 @@ class RestApi:
     def _webhook_interaction(self, request: web.Request) -> InteractionRecord:
         if _id(request, "webhook_id") != self.world.application_id:
             raise ApiError(404, 10015, "Unknown Webhook")
-        return self.app_commands.acknowledged(request.match_info["webhook_token"])
+        record = self.app_commands.acknowledged(request.match_info["webhook_token"])
+        if time.monotonic() - record.created_at > self.world.interaction_token_ttl:
+            raise ApiError(401, 50027, "Invalid Webhook Token")  # Discord: after 15 minutes
+        return record
 
     async def _followup(self, request: web.Request) -> web.Response:
         world, record, body = self.world, self._webhook_interaction(request), _body(request)

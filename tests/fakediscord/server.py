@@ -13,6 +13,8 @@ import asyncio
 import copy
 import json
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from tests.fakediscord.commands import AppCommands, InteractionRecord
 from tests.fakediscord.gateway import Gateway
+from tests.fakediscord.limits import BucketRule, RateLimits
 from tests.fakediscord.protocol import (
     PRIVILEGED_INTENTS,
     PUBLIC_THREAD,
@@ -83,6 +86,8 @@ class FakeDiscord:
         privileged_intents: int = int(PRIVILEGED_INTENTS),
         heartbeat_interval_ms: int = 41_250,
         interaction_ack_timeout: float = 3.0,
+        interaction_token_ttl: float = 900.0,
+        latency_s: float = 0.002,
     ) -> None:
         self.world = World(
             token=token,
@@ -92,6 +97,12 @@ class FakeDiscord:
             privileged_intents=privileged_intents,
             interaction_ack_timeout=interaction_ack_timeout,
         )
+        # Discord invalidates an interaction token 15 minutes after the interaction; tests
+        # shorten it to seconds.
+        self.world.interaction_token_ttl = interaction_token_ttl
+        self.latency_s = latency_s  # added before every REST answer: a little like a network
+        self.rate_limits = RateLimits()
+        self._resets: dict[str, int] = {}
         self.app_commands = AppCommands(self.world)
         self.gateway = Gateway(self.world, heartbeat_interval_ms, self._notify)
         self.rest = RestApi(self.world, self.app_commands, self.gateway)
@@ -184,14 +195,29 @@ class FakeDiscord:
             if resource is None:
                 self.unhandled.append(call)
                 raise ApiError(404, 0, "404: Not Found")
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            if self._resets.get(call.route):
+                self._resets[call.route] -= 1
+                return self._reset_connection(request, call)
             token_free = call.path.startswith(("/interactions/", "/webhooks/"))
             if not token_free and request.headers.get("Authorization") != f"Bot {self.token}":
                 raise ApiError(401, 0, "401: Unauthorized")
-            if faults := self._faults.get(call.route):
-                response: web.StreamResponse = faults.pop(0).response()
+            verdict = self.rate_limits.check(call.route, dict(request.match_info))
+            limit_headers = verdict.headers if verdict is not None else {}
+            if verdict is not None and not verdict.allowed:
+                body_429 = {
+                    "message": "You are being rate limited.",
+                    "retry_after": round(verdict.retry_after, 3),
+                    "global": False,
+                }
+                response: web.StreamResponse = json_response(body_429, 429, limit_headers)
+            elif faults := self._faults.get(call.route):
+                response = faults.pop(0).response()
             else:
                 request[BODY], request[FILES] = body, files
                 response = await handler(request)
+                response.headers.update(limit_headers)
         except ApiError as error:
             response = json_response(error.body(), error.status)
         call.status = response.status
@@ -222,6 +248,38 @@ class FakeDiscord:
             retry_after=retry_after,
             times=times,
         )
+
+    def limit_routes(
+        self, routes: Iterable[str], *, limit: int, per_s: float, announce: bool = True
+    ) -> None:
+        """Give ``routes`` (Route keys) one shared rate-limit bucket per channel/guild/webhook:
+        ``limit`` requests per ``per_s`` seconds, 429 with Retry-After beyond it. With
+        ``announce=False`` successful answers carry no X-RateLimit-* headers, so the client
+        cannot see the bucket coming (as with Discord's undocumented sub-limits)."""
+        routes = list(routes)
+        rule = BucketRule("|".join(routes), limit, per_s, announce)
+        self.rate_limits.add(routes, rule)
+
+    @property
+    def rate_limited(self) -> int:
+        """How many requests the rate-limit buckets answered with 429."""
+        return self.rate_limits.limited
+
+    def reset_next(self, route: str, *, times: int = 1) -> None:
+        """Reset the connection (TCP RST, ECONNRESET on the client) instead of answering the
+        next ``times`` calls to ``route``."""
+        self._resets[route] = self._resets.get(route, 0) + times
+
+    def _reset_connection(self, request: web.Request, call: RecordedCall) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # linger 0: close() sends RST, not FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        call.status = 0
+        self._notify()
+        raise web.HTTPServiceUnavailable()  # never reaches the client: the connection is gone
 
     # ------------------------------------------------------------- inspection
     @property

@@ -376,6 +376,74 @@ async def test_rate_limits_are_waited_out_and_errors_raised(fake_discord: FakeDi
     assert too_long.value.code == 50035 and "2000 or fewer" in str(too_long.value)
 
 
+async def test_rate_limit_buckets_send_discords_headers(fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    fake.limit_routes([SEND_ROUTE], limit=2, per_s=0.5)
+    async with running(LabBot(fake), fake) as bot:
+        channel = bot.get_channel(fake.channel_ids["general"])
+        assert isinstance(channel, discord.TextChannel)
+        for n in range(5):  # discord.py reads the headers and waits before the bucket is empty
+            await channel.send(f"message {n}")
+        fake.limit_routes([SEND_ROUTE], limit=2, per_s=0.5, announce=False)
+        for n in range(5):  # without headers it runs into 429s, waits Retry-After, retries
+            await channel.send(f"unannounced {n}")
+    statuses = [c.status for c in fake.calls_to(SEND_ROUTE)]
+    assert statuses[:5] == [200] * 5, statuses
+    assert statuses.count(429) >= 1 and statuses.count(200) == 10, statuses
+    assert fake.rate_limited == statuses.count(429)
+    texts = [m["content"] for m in fake.messages_in(fake.channel_ids["general"])]
+    assert texts == [f"message {n}" for n in range(5)] + [f"unannounced {n}" for n in range(5)]
+
+
+async def test_rate_limit_answer_carries_retry_after(fake_discord: FakeDiscord) -> None:
+    import aiohttp
+
+    fake = fake_discord
+    fake.limit_routes([SEND_ROUTE], limit=1, per_s=5.0)
+    url = f"{fake.api_base}/channels/{fake.channel_ids['general']}/messages"
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"content": "one"}, headers=headers) as first:
+            assert first.status == 200
+            assert first.headers["X-RateLimit-Remaining"] == "0"
+            bucket = first.headers["X-RateLimit-Bucket"]
+        async with session.post(url, json={"content": "two"}, headers=headers) as second:
+            body = await second.json()
+            assert second.status == 429
+            assert 0 < float(second.headers["Retry-After"]) <= 5.0
+            assert second.headers["X-RateLimit-Bucket"] == bucket
+            assert second.headers["X-RateLimit-Scope"] == "user"
+            assert body["global"] is False and 0 < body["retry_after"] <= 5.0
+
+
+async def test_connection_reset_reaches_the_client(fake_discord: FakeDiscord) -> None:
+    import aiohttp
+
+    fake = fake_discord
+    async with running(LabBot(fake), fake) as bot:
+        channel = bot.get_channel(fake.channel_ids["general"])
+        assert isinstance(channel, discord.TextChannel)
+        fake.reset_next(SEND_ROUTE)
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            await channel.send("lost")
+        sent = await channel.send("after the reset")
+    assert fake.message(sent.id)["content"] == "after the reset"
+    assert [c.status for c in fake.calls_to(SEND_ROUTE)] == [0, 200]
+
+
+async def test_interaction_token_expires(fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    fake.world.interaction_token_ttl = 0.0  # as if the answer took longer than 15 minutes
+    channel, alice = fake.channel_ids["ask-the-swarm"], fake.user_ids["alice"]
+    async with running(LabBot(fake), fake) as bot:
+        await fake.push_interaction("ask", {"question": "late?"}, alice, channel)
+        error = await fake.wait_for(lambda: bot.errors and bot.errors[0])
+    assert isinstance(error, app_commands.CommandInvokeError)
+    original = error.original
+    assert isinstance(original, discord.HTTPException)
+    assert original.status == 401 and original.code == 50027
+
+
 async def test_bad_token_fails_login(fake_discord: FakeDiscord) -> None:
     with pytest.raises(discord.LoginFailure):
         async with running(LabBot(fake_discord), fake_discord, token="not-the-token"):

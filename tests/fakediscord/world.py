@@ -93,6 +93,7 @@ class World:
         self.token = token
         self.privileged_intents = privileged_intents
         self.interaction_ack_timeout = interaction_ack_timeout
+        self.interaction_token_ttl = 900.0  # seconds an interaction token lives (Discord: 15 min)
         self.base_url = ""  # set once the server listens; attachment URLs point at it
         self.new_id = Snowflakes()
         self.users: dict[int, Json] = {}
