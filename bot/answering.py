@@ -32,7 +32,7 @@ from bot.formatting import (
 from bot.jobs import Job
 from bot.prompt import PromptPlan, PromptTooLong, plan_prompt, select_passages
 from bot.store import AnswerRecord, Store
-from bot.streaming import SendFirst, SendMore, StreamingReply
+from bot.streaming import NETWORK_ERRORS, Reroute, SendFirst, SendMore, StreamingReply
 
 if TYPE_CHECKING:
     from bot.app import CourseBot
@@ -60,6 +60,8 @@ class Target:
     first: SendFirst
     more: SendMore
     reject: Callable[[str], Awaitable[object]]  # a short reply instead of an answer
+    fallback: SendMore | None = None  # a plain channel message when editing is impossible
+    reroute: Reroute | None = None  # a message again through the channel's route (no token)
 
 
 class AnswerService:
@@ -116,13 +118,19 @@ class AnswerService:
                 target = targets(index)
                 header = f"**Answer {variant}**" if variant else ""
                 reply = StreamingReply(
-                    target.first, target.more, interval=self.settings.edit_interval_s, header=header
+                    target.first,
+                    target.more,
+                    interval=self.settings.edit_interval_s,
+                    header=header,
+                    pacer=self.bot.pacers(question.channel_id),
+                    fallback=target.fallback,
+                    reroute=target.reroute,
                 )
                 try:
                     await reply.open()
-                except discord.HTTPException as exc:
+                except (discord.HTTPException, *NETWORK_ERRORS) as exc:
                     metrics.errors.labels("discord").inc()
-                    log.warning("could not post the placeholder (%s): %s", exc.status, exc.text)
+                    log.warning("could not post the placeholder: %r", exc)
                     continue
                 opened.append((engine, variant, reply))
             pair_id = opened[0][2].message_ids[0] if opened and opened[0][1] else None

@@ -27,6 +27,7 @@ from bot.jobs import Jobs
 from bot.knowledge import CourseIndex, load_course
 from bot.limits import GenerationSlots, RateLimiter
 from bot.metrics import BotMetrics
+from bot.pacing import Pacers
 from bot.settings import BotSettings, load_webhook_secret
 from bot.store import AsyncStore, Store
 from bot.webhook import HttpServer, create_http_app
@@ -73,6 +74,7 @@ class CourseBot(commands.Bot):
         self.metrics = metrics or BotMetrics()
         self.jobs = Jobs()
         self.slots = GenerationSlots(settings.max_concurrent, settings.max_queue)
+        self.pacers = Pacers(settings.channel_edit_calls, settings.channel_edit_window_s)
         self.rate_limiter = RateLimiter(settings.rate_limit_count, settings.rate_limit_window_s)
         self.knowledge: CourseIndex | None = None
         self.chosen_channels: dict[int, int] = {}  # guild id -> channel id, from /setup
@@ -242,7 +244,12 @@ class CourseBot(commands.Bot):
             async def first(content: str) -> Any:
                 return await message.reply(content, mention_author=False)
 
-            return Target(first, message.channel.send, lambda line: self._reply(message, line))
+            return Target(
+                first,
+                message.channel.send,
+                lambda line: self._reply(message, line),
+                fallback=message.channel.send,
+            )
 
         await self.answers.ask(question, target)
 

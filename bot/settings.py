@@ -71,6 +71,11 @@ class BotSettings(KitSettings):
         description="role names allowed /breakall, /stats, /export, /reload, /setup "
         "(administrators always are)",
     )
+    moderator_role_ids: IntList = Field(
+        default_factory=list,
+        description="role ids allowed the moderator commands; when set, moderator_roles "
+        "(names, which anyone who can rename a role can match) is ignored",
+    )
     alerts_channel_id: int | None = Field(
         None, description="channel id the Alertmanager webhook posts alerts to (unset: logged)"
     )
@@ -93,6 +98,23 @@ class BotSettings(KitSettings):
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling when temperature > 0")
     edit_interval_s: float = Field(
         1.0, ge=0.05, le=10, description="seconds between two edits of one streamed message"
+    )
+    channel_edit_calls: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="edits and posts per channel_edit_window_s that all answers in one channel "
+        "share (Discord: about 5 per 5 s)",
+    )
+    channel_edit_window_s: float = Field(
+        5.0, ge=0, le=60, description="the window of channel_edit_calls, in seconds"
+    )
+    watchdog_timeout_s: float = Field(
+        900.0,
+        ge=0,
+        le=86_400,
+        description="post to alerts_channel_id that alerting is down when Alertmanager's "
+        "always-firing Watchdog alert has not arrived for this long (0: off)",
     )
     course_dir: Path | None = Field(
         None, description="folder of Markdown/text course files indexed at start and on /reload"
@@ -167,7 +189,7 @@ class BotSettings(KitSettings):
             )
         return data
 
-    @field_validator("guild_ids", "channels", mode="before")
+    @field_validator("guild_ids", "channels", "moderator_role_ids", mode="before")
     @classmethod
     def _id_lists(cls, value: object) -> object:
         if isinstance(value, str):  # env vars and flags: "123, 456" or "123 456"

@@ -4,7 +4,14 @@ Discord allows about five edits per five seconds per channel, so one message is 
 once per ``interval`` (about a second) no matter how fast tokens arrive; the last edit happens as
 soon as the answer ends. Past 2,000 characters the text continues in new messages (split by
 ``render_answer``, whose cuts do not move as text grows, so a finished message is never edited
-again). One pump task does all Discord calls for an answer, so edits never overtake each other.
+again). One pump task does all Discord calls for an answer, so edits never overtake each other,
+and each call takes its turn in the channel's pacer (bot/pacing.py), shared with other answers.
+
+Whatever fails, the answer ends in a final state: a failed intermediate edit is retried by the
+next one; the final one is retried a few times (a connection reset, a 429 discord.py gave up on,
+a 5xx), an expired interaction token (401, code 50027, after 15 minutes) moves the edit to the
+channel's own route (``reroute``), and when a message still cannot be edited the final text is
+posted as a new channel message (``fallback``). Only a deleted message ends the showing.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import aiohttp
 import discord
 
 from bot.formatting import DISCORD_LIMIT, PLACEHOLDER, WRITING_FOOTER, render_answer
+from bot.pacing import ChannelPacer
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,11 @@ class Editable(Protocol):
 
 SendFirst = Callable[[str], Awaitable[Editable]]
 SendMore = Callable[[str], Awaitable[Editable]]
+Reroute = Callable[[Editable], Editable | None]
+# What a Discord call can raise besides an HTTP answer: resets, timeouts, closed sessions.
+NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+TOKEN_EXPIRED = 50027  # "Invalid Webhook Token": an interaction token older than 15 minutes
+FINAL_ATTEMPTS = 4
 
 
 class StreamingReply:
@@ -46,8 +60,16 @@ class StreamingReply:
         limit: int = DISCORD_LIMIT,
         header: str = "",
         clock: Callable[[], float] = time.monotonic,
+        pacer: ChannelPacer | None = None,
+        fallback: SendMore | None = None,
+        reroute: Reroute | None = None,
+        retry_delay_s: float = 0.5,
     ) -> None:
         self._send_first = send_first
+        self.pacer = pacer
+        self._fallback = fallback  # posts a plain channel message when editing is impossible
+        self._reroute = reroute  # the same message through the channel route (no token)
+        self.retry_delay_s = retry_delay_s
         self._send_more = send_more
         self.interval = interval
         self.limit = limit
@@ -72,7 +94,7 @@ class StreamingReply:
     async def open(self, status: str = PLACEHOLDER) -> Editable:
         self.status = status
         content = self._with_header(status)
-        message = await self._send_first(content)
+        message = await self._paced(lambda: self._send_first(content))
         self.messages.append(message)
         self._shown.append(content)
         self._next_edit = self._clock() + self.interval
@@ -120,7 +142,16 @@ class StreamingReply:
         self._dirty.set()
         self._final_event.set()
         if self._pump_task is not None:
-            await self._pump_task
+            try:
+                await self._pump_task
+            except Exception:  # a bug in the pump must not take the answer's ending with it
+                log.exception("answer pump failed for %s", self.message_ids)
+
+    async def _paced(self, call: Callable[[], Awaitable[Editable]]) -> Editable:
+        if self.pacer is None:
+            return await call()
+        async with self.pacer.turn():
+            return await call()
 
     async def _pump(self) -> None:
         while True:
@@ -133,32 +164,85 @@ class StreamingReply:
                         await asyncio.wait_for(self._final_event.wait(), delay)
             final = self._final
             self._dirty.clear()
-            await self._show(self.render(), final=final)
+            if final:
+                await self._show_final()
+                return
+            await self._show(self.render())
             self._next_edit = self._clock() + self.interval
-            if final or self.gone:
+            if self.gone:
                 return
 
-    async def _show(self, parts: list[str], *, final: bool) -> None:
+    async def _show_final(self) -> None:
+        for attempt in range(FINAL_ATTEMPTS):
+            if await self._show(self.render()) or self.gone:
+                return
+            await asyncio.sleep(self.retry_delay_s * 2**attempt)
+        # Still not shown: post what is missing as new messages rather than leave "writing…".
+        parts = self.render()
+        for index, content in enumerate(parts):
+            if index < len(self._shown) and self._shown[index] == content:
+                continue
+            if self._fallback is None:
+                log.error("could not show the end of answer %s", self.message_ids)
+                return
+            try:
+                message = await self._paced(lambda c=content: self._fallback(c))  # type: ignore[misc]
+            except (discord.HTTPException, *NETWORK_ERRORS) as exc:
+                log.error("could not post the end of answer %s: %r", self.message_ids, exc)
+                return
+            log.warning("answer %s ended in a new message %s", self.message_ids, message.id)
+            if index < len(self.messages):
+                self.messages[index], self._shown[index] = message, content
+            else:
+                self.messages.append(message)
+                self._shown.append(content)
+
+    async def _show(self, parts: list[str]) -> bool:
+        """Bring the messages up to ``parts``; False when a call failed (retry later)."""
         for index, content in enumerate(parts):
             if index < len(self._shown) and self._shown[index] == content:
                 continue
             try:
                 if index < len(self.messages):
-                    await self.messages[index].edit(content=content)
+                    message = self.messages[index]
+                    await self._paced(lambda m=message, c=content: m.edit(content=c))
                 else:
-                    self.messages.append(await self._send_more(content))
+                    self.messages.append(await self._paced(lambda c=content: self._send_more(c)))
             except discord.NotFound:
                 log.info("answer message %s was deleted; not showing more", self.message_ids)
                 self.gone = True
-                return
+                return False
             except discord.HTTPException as exc:
-                # A failed intermediate edit is retried by the next one; a failed final one is
-                # logged (the generation is done; there is nothing better to do).
+                if exc.status == 401 and exc.code == TOKEN_EXPIRED:
+                    self._token_expired(index)
+                elif exc.status == 429 and self.pacer is not None:
+                    self.pacer.back_off(_retry_after(exc))
                 log.warning("could not update answer message (%s %s)", exc.status, exc.text)
-                if final:
-                    continue
-                return
+                return False
+            except NETWORK_ERRORS as exc:
+                log.warning("could not update answer message: %r", exc)
+                return False
             if index < len(self._shown):
                 self._shown[index] = content
             else:
                 self._shown.append(content)
+        return True
+
+    def _token_expired(self, index: int) -> None:
+        """Edit through the channel from now on; sends go to the channel too."""
+        if self._fallback is not None:
+            self._send_more = self._fallback
+        if self._reroute is None or index >= len(self.messages):
+            return
+        rerouted = self._reroute(self.messages[index])
+        if rerouted is not None:
+            self.messages[index] = rerouted
+            log.info("interaction token expired; editing %s through the channel", rerouted.id)
+
+
+def _retry_after(exc: discord.HTTPException) -> float:
+    headers = getattr(exc.response, "headers", None) or {}
+    try:
+        return float(headers.get("Retry-After", 1.0))
+    except (TypeError, ValueError):
+        return 1.0

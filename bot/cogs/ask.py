@@ -3,6 +3,7 @@ thread in which every later message continues the conversation without pressing 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,23 +42,31 @@ class AskCog(commands.Cog, name="ask"):
             return
         holder: dict[str, discord.Thread] = {}
         asked = self._question(question, "prefix", ctx.author, message.channel, message.id)
+        opening = asyncio.Lock()
+
+        async def opened() -> discord.Thread:
+            # Once per question: in A/B mode both answers go to the same thread (Discord
+            # refuses a second thread on one message, code 160004).
+            async with opening:
+                if "thread" not in holder:
+                    thread = await message.create_thread(
+                        name=thread_name(question), auto_archive_duration=THREAD_ARCHIVE_MINUTES
+                    )
+                    holder["thread"] = thread
+                    await self._register(thread, asked)
+            return holder["thread"]
 
         async def first(content: str) -> Any:
-            thread = await message.create_thread(
-                name=thread_name(question), auto_archive_duration=THREAD_ARCHIVE_MINUTES
-            )
-            holder["thread"] = thread
-            await self._register(thread, asked)
-            return await thread.send(content)
+            return await (await opened()).send(content)
 
         async def more(content: str) -> Any:
-            return await holder["thread"].send(content)
+            return await (await opened()).send(content)
 
         async def reject(line: str) -> None:
             with contextlib.suppress(discord.HTTPException):
                 await message.reply(line, mention_author=False)
 
-        await self.bot.answers.ask(asked, lambda index: Target(first, more, reject))
+        await self.bot.answers.ask(asked, lambda index: Target(first, more, reject, fallback=more))
 
     @app_commands.command(
         name="ask", description="Ask the course assistant (runs on the course's own GPUs)"
@@ -112,11 +121,22 @@ class AskCog(commands.Cog, name="ask"):
                 else:
                     await interaction.response.send_message(line, ephemeral=True)
 
+        async def fallback(content: str) -> Any:
+            place = holder.get("thread") or channel
+            return await place.send(content)
+
+        def reroute(message: Any) -> Any:
+            # The interaction token expired (15 minutes): the bot's own message can still be
+            # edited through the channel's route.
+            place = holder.get("thread") or channel
+            getter = getattr(place, "get_partial_message", None)
+            return getter(message.id) if getter is not None else None
+
         def target(index: int) -> Target:
             if index == 0:
-                return Target(first, more, reject)
+                return Target(first, more, reject, fallback=fallback, reroute=reroute)
             # A/B: the second answer always follows up (in the thread when there is one).
-            return Target(more, more, reject)
+            return Target(more, more, reject, fallback=fallback, reroute=reroute)
 
         await bot.answers.ask(asked, target)
 

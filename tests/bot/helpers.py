@@ -132,6 +132,10 @@ def bot_settings(tmp_path: Path, **overrides: Any) -> BotSettings:
         "http_enabled": False,
         "edit_interval_s": 0.2,
         "add_rating_reactions": False,
+        # The fake Discord has no rate-limit buckets unless a test adds them; the tests that
+        # do set the bot's channel budget themselves.
+        "channel_edit_calls": 50,
+        "channel_edit_window_s": 1.0,
     }
     values.update(overrides)
     return BotSettings(**values)
