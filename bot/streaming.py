@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -147,7 +148,7 @@ class StreamingReply:
             except Exception:  # a bug in the pump must not take the answer's ending with it
                 log.exception("answer pump failed for %s", self.message_ids)
 
-    async def _paced(self, call: Callable[[], Awaitable[Editable]]) -> Editable:
+    async def _paced(self, call: Callable[[], Awaitable[Any]]) -> Any:
         if self.pacer is None:
             return await call()
         async with self.pacer.turn():
@@ -186,7 +187,7 @@ class StreamingReply:
                 log.error("could not show the end of answer %s", self.message_ids)
                 return
             try:
-                message = await self._paced(lambda c=content: self._fallback(c))  # type: ignore[misc]
+                message = await self._paced(functools.partial(self._fallback, content))
             except (discord.HTTPException, *NETWORK_ERRORS) as exc:
                 log.error("could not post the end of answer %s: %r", self.message_ids, exc)
                 return
@@ -205,9 +206,9 @@ class StreamingReply:
             try:
                 if index < len(self.messages):
                     message = self.messages[index]
-                    await self._paced(lambda m=message, c=content: m.edit(content=c))
+                    await self._paced(functools.partial(message.edit, content=content))
                 else:
-                    self.messages.append(await self._paced(lambda c=content: self._send_more(c)))
+                    self.messages.append(await self._paced(functools.partial(self._send_more, content)))
             except discord.NotFound:
                 log.info("answer message %s was deleted; not showing more", self.message_ids)
                 self.gone = True

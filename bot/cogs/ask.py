@@ -122,7 +122,7 @@ class AskCog(commands.Cog, name="ask"):
                     await interaction.response.send_message(line, ephemeral=True)
 
         async def fallback(content: str) -> Any:
-            place = holder.get("thread") or channel
+            place: Any = holder.get("thread") or channel
             return await place.send(content)
 
         def reroute(message: Any) -> Any:
