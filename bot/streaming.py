@@ -208,7 +208,8 @@ class StreamingReply:
                     message = self.messages[index]
                     await self._paced(functools.partial(message.edit, content=content))
                 else:
-                    self.messages.append(await self._paced(functools.partial(self._send_more, content)))
+                    sent = await self._paced(functools.partial(self._send_more, content))
+                    self.messages.append(sent)
             except discord.NotFound:
                 log.info("answer message %s was deleted; not showing more", self.message_ids)
                 self.gone = True
