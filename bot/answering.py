@@ -31,7 +31,7 @@ from bot.formatting import (
 )
 from bot.jobs import Job
 from bot.prompt import PromptPlan, PromptTooLong, plan_prompt, select_passages
-from bot.store import AnswerRecord, Store
+from bot.store import WRITING, AnswerRecord, Store
 from bot.streaming import NETWORK_ERRORS, Reroute, SendFirst, SendMore, StreamingReply
 
 if TYPE_CHECKING:
@@ -134,14 +134,71 @@ class AnswerService:
                     continue
                 opened.append((engine, variant, reply))
             pair_id = opened[0][2].message_ids[0] if opened and opened[0][1] else None
+            for engine, variant, reply in opened:
+                # Stored at once, so a 👍 given while the answer streams is kept.
+                placeholder = self._record(question, variant, reply, pair_id, engine.label)
+                await self.bot.store.run(Store.add_answer, placeholder)
             await asyncio.gather(
                 *(
-                    self._answer_one(question, engine, variant, reply, job, pair_id)
+                    self._answer_and_settle(question, engine, variant, reply, job, pair_id)
                     for engine, variant, reply in opened
                 )
             )
         finally:
             self.bot.jobs.done(job)
+
+    def _record(
+        self,
+        question: Question,
+        variant: str | None,
+        reply: StreamingReply,
+        pair_id: int | None,
+        model: str,
+        generation: Generation | None = None,
+        sources: list[str] | None = None,
+    ) -> AnswerRecord:
+        """The database row of an answer: a placeholder ("writing") until ``generation``."""
+        return AnswerRecord(
+            id=reply.message_ids[0],
+            message_ids=reply.message_ids,
+            guild_id=question.guild_id,
+            channel_id=question.channel_id,
+            thread_id=question.context.thread_id,
+            user_id=question.user_id,
+            question_message_id=question.message_id,
+            parent_id=question.context.parent_id,
+            question=question.text,
+            answer=generation.text.strip() if generation else "",
+            model=generation.model if generation else model,
+            sources=sources or [],
+            ttft_s=generation.ttft_s if generation else None,
+            tokens=generation.tokens if generation else 0,
+            tokens_per_s=generation.tokens_per_s if generation else None,
+            elapsed_s=generation.elapsed_s if generation else None,
+            stopped_by=generation.stopped_by if generation else WRITING,
+            pair_id=pair_id if variant else None,
+            variant=variant,
+            created_at=time.time(),
+        )
+
+    async def _answer_and_settle(
+        self,
+        question: Question,
+        engine: Engine,
+        variant: str | None,
+        reply: StreamingReply,
+        job: Job,
+        pair_id: int | None,
+    ) -> None:
+        try:
+            await self._answer_one(question, engine, variant, reply, job, pair_id)
+        finally:
+            # An answer that ended without text (an error, stopped in line) is no answer: its
+            # placeholder row goes, so it neither counts in /stats nor is tidied at start.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self.bot.store.run(Store.drop_unfinished, reply.message_ids[0])
+                )
 
     async def _answer_one(
         self,
@@ -191,6 +248,7 @@ class AnswerService:
     ) -> tuple[Generation | None, PromptPlan | None]:
         settings, slots = self.settings, self.bot.slots
         holder = slots.slot(on_position=lambda position: reply.set_status(queue_line(position)))
+        # The queue gauges follow the slots (GenerationSlots.on_change, wired in CourseBot).
         entering = asyncio.ensure_future(holder.__aenter__())
         stopping = asyncio.ensure_future(job.token.wait())
         try:
@@ -204,7 +262,6 @@ class AnswerService:
         if entering.cancelled():
             return None, None
         entering.result()  # raises QueueFull
-        self._update_gauges()
         try:
             if job.token.cancelled:
                 return None, None
@@ -222,9 +279,8 @@ class AnswerService:
             return generation, plan
         finally:
             await holder.__aexit__(None, None, None)
-            self._update_gauges()
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         metrics, slots = self.bot.metrics, self.bot.slots
         metrics.queue_length.set(slots.waiting)
         metrics.running.set(slots.running)
@@ -275,27 +331,8 @@ class AnswerService:
         if plan is not None and plan.question_truncated:
             line += " · ✂️ question shortened to fit the model"
         text = generation.text.strip()
-        record = AnswerRecord(
-            id=reply.message_ids[0],
-            message_ids=reply.message_ids,
-            guild_id=question.guild_id,
-            channel_id=question.channel_id,
-            thread_id=question.context.thread_id,
-            user_id=question.user_id,
-            question_message_id=question.message_id,
-            parent_id=question.context.parent_id,
-            question=question.text,
-            answer=text,
-            model=generation.model,
-            sources=sources,
-            ttft_s=generation.ttft_s,
-            tokens=generation.tokens,
-            tokens_per_s=generation.tokens_per_s,
-            elapsed_s=generation.elapsed_s,
-            stopped_by=generation.stopped_by,
-            pair_id=pair_id if variant else None,
-            variant=variant,
-            created_at=time.time(),
+        record = self._record(
+            question, variant, reply, pair_id, generation.model, generation, sources
         )
         if text:
             # Stored before the final edit, so a rating given the moment the answer is shown

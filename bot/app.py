@@ -30,10 +30,12 @@ from bot.metrics import BotMetrics
 from bot.pacing import Pacers
 from bot.settings import BotSettings, load_webhook_secret
 from bot.store import AsyncStore, Store
+from bot.streaming import NETWORK_ERRORS
 from bot.webhook import HttpServer, create_http_app
 
 log = logging.getLogger(__name__)
 MAX_COMMAND_CHARS = 32  # a longer single "word" after the prefix is treated as a question
+INTERRUPTED = "⚠️ This answer was interrupted: the bot restarted while writing it. Please ask again."
 COGS = ("bot.cogs.ask", "bot.cogs.control", "bot.cogs.feedback", "bot.cogs.admin")
 
 
@@ -79,12 +81,15 @@ class CourseBot(commands.Bot):
         self.knowledge: CourseIndex | None = None
         self.chosen_channels: dict[int, int] = {}  # guild id -> channel id, from /setup
         self.answers = AnswerService(self)
+        self.slots.on_change = self.answers.update_gauges  # petals_bot_queue_length and running
+        self._background: set[asyncio.Task[Any]] = set()
         self.web: HttpServer | None = None
         self.tree.error(self.on_app_command_error)
 
     # ---------------------------------------------------------------- lifecycle
     async def setup_hook(self) -> None:
         self.chosen_channels = await self.store.run(Store.channels)
+        self._spawn(self.tidy_interrupted(), "tidy-interrupted")
         if self.settings.course_dir is not None:
             await self.reload_knowledge()
         for engine in filter(None, (self.engine, self.ab_engine)):
@@ -126,6 +131,31 @@ class CourseBot(commands.Bot):
         for engine in filter(None, (self.engine, self.ab_engine)):
             await engine.close()
         await asyncio.to_thread(self.store.close)
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def tidy_interrupted(self) -> int:
+        """Edit the placeholders a crash left ("🧠 writing…" for good) to say the answer was
+        interrupted; returns how many were tidied. One that cannot be reached now is tried
+        again at the next start."""
+        tidied = 0
+        for record in await self.store.run(Store.unfinished):
+            channel = self.get_partial_messageable(record.thread_id or record.channel_id)
+            try:
+                await channel.get_partial_message(record.id).edit(content=INTERRUPTED)
+            except discord.NotFound:
+                pass  # deleted meanwhile: nothing to tidy
+            except (discord.HTTPException, *NETWORK_ERRORS) as exc:
+                log.warning("could not tidy interrupted answer %d: %r", record.id, exc)
+                continue
+            await self.store.run(Store.mark_interrupted, record.id)
+            tidied += 1
+        if tidied:
+            log.info("tidied %d answer(s) a restart had interrupted", tidied)
+        return tidied
 
     def health(self) -> dict[str, Any]:
         return {

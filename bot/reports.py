@@ -83,7 +83,8 @@ def stats_text(stats: Stats) -> str:
     if stats.ab_preferences:
         ranked = sorted(stats.ab_preferences.items(), key=lambda kv: (kv[0] == "equal", -kv[1]))
         lines.append(
-            "A/B (students who rated both answers): "
+            "A/B (one vote per student and pair: the answer rated higher wins, a lone 👍 "
+            "prefers its answer, a lone 👎 the other): "
             + ", ".join(
                 f"{count} equal" if name == "equal" else f"{name} preferred {count}"
                 for name, count in ranked

@@ -69,6 +69,13 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+WRITING = "writing"  # stopped_by of an answer whose placeholder exists but which has not ended
+_UPDATED = (
+    "thread_id", "parent_id", "pair_id", "variant", "question", "answer", "model", "sources",
+    "ttft_s", "tokens", "tokens_per_s", "elapsed_s", "stopped_by",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AnswerRecord:
     id: int
@@ -113,6 +120,16 @@ class Stats:
     ab_preferences: dict[str, int]  # model -> times preferred; "equal" -> ties
 
 
+def ab_preference(model_a: str, model_b: str, rating_a: int | None, rating_b: int | None) -> str:
+    """One student's preference in one A/B pair: the model whose answer they rated higher, an
+    unrated answer counting 0 (a lone 👍 on A prefers A, a lone 👎 on A prefers B); "equal"
+    when both got the same rating."""
+    score_a, score_b = rating_a or 0, rating_b or 0
+    if score_a == score_b:
+        return "equal"
+    return model_a if score_a > score_b else model_b
+
+
 class Store:
     """Synchronous access to the database; one connection, used from one thread at a time."""
 
@@ -151,11 +168,14 @@ class Store:
     # ------------------------------------------------------------------ answers
     def add_answer(self, record: AnswerRecord) -> None:
         with self._tx() as db:
+            # An upsert, not INSERT OR REPLACE: a rating given while the answer was streaming
+            # refers to this row, and REPLACE would delete it first.
             db.execute(
-                "INSERT OR REPLACE INTO answers (id, guild_id, channel_id, thread_id, user_id, "
+                "INSERT INTO answers (id, guild_id, channel_id, thread_id, user_id, "
                 "question_message_id, parent_id, pair_id, variant, question, answer, model, "
                 "sources, ttft_s, tokens, tokens_per_s, elapsed_s, stopped_by, created_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                + ", ".join(f"{column} = excluded.{column}" for column in _UPDATED),
                 (
                     record.id, record.guild_id, record.channel_id, record.thread_id,
                     record.user_id, record.question_message_id, record.parent_id,
@@ -168,6 +188,35 @@ class Store:
             db.executemany(
                 "INSERT OR REPLACE INTO answer_messages (message_id, answer_id) VALUES (?, ?)",
                 [(message_id, record.id) for message_id in record.message_ids],
+            )
+
+    def drop_unfinished(self, answer_id: int) -> bool:
+        """Forget an answer that ended without text (failed, stopped before a word), with any
+        rating given while it was a placeholder; True when there was one to forget."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT 1 FROM answers WHERE id = ? AND stopped_by = ?", (answer_id, WRITING)
+            ).fetchone()
+            if row is None:
+                return False
+            for table, column in (("ratings", "answer_id"), ("answer_messages", "answer_id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (answer_id,))
+            db.execute("DELETE FROM answers WHERE id = ?", (answer_id,))
+            return True
+
+    def unfinished(self) -> list[AnswerRecord]:
+        """Answers a crash left as placeholders ("writing"), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM answers WHERE stopped_by = ? ORDER BY created_at, id", (WRITING,)
+            ).fetchall()
+            return [self._record(row) for row in rows]
+
+    def mark_interrupted(self, answer_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE answers SET stopped_by = 'interrupted' WHERE id = ? AND stopped_by = ?",
+                (answer_id, WRITING),
             )
 
     def _record(self, row: sqlite3.Row) -> AnswerRecord:
@@ -292,7 +341,9 @@ class Store:
     def stats(self) -> Stats:
         with self._lock:
             db = self._db
-            answers = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            answers = db.execute(
+                "SELECT COUNT(*) FROM answers WHERE stopped_by != ?", (WRITING,)
+            ).fetchone()[0]
             up, down, rated = db.execute(
                 "SELECT COALESCE(SUM(rating = 1), 0), COALESCE(SUM(rating = -1), 0), "
                 "COUNT(DISTINCT answer_id) FROM ratings"
@@ -305,20 +356,24 @@ class Store:
                     " WHERE b.model = a.model AND r.rating = 1), "
                     "(SELECT COUNT(*) FROM ratings r JOIN answers b ON b.id = r.answer_id "
                     " WHERE b.model = a.model AND r.rating = -1), "
-                    "AVG(a.ttft_s), AVG(a.tokens_per_s) FROM answers a GROUP BY a.model "
-                    "ORDER BY a.model"
+                    "AVG(a.ttft_s), AVG(a.tokens_per_s) FROM answers a WHERE a.stopped_by != ? "
+                    "GROUP BY a.model ORDER BY a.model",
+                    (WRITING,),
                 )
             ]
+            # Every (pair, student) who rated A, B or both; a missing rating counts as 0.
             pairs = db.execute(
-                "SELECT a.model, b.model, ra.rating, rb.rating FROM answers a "
-                "JOIN answers b ON b.pair_id = a.pair_id AND b.variant = 'B' "
-                "JOIN ratings ra ON ra.answer_id = a.id "
-                "JOIN ratings rb ON rb.answer_id = b.id AND rb.user_id = ra.user_id "
-                "WHERE a.variant = 'A'"
+                "SELECT a.model, b.model, "
+                "(SELECT rating FROM ratings WHERE answer_id = a.id AND user_id = u.user_id), "
+                "(SELECT rating FROM ratings WHERE answer_id = b.id AND user_id = u.user_id) "
+                "FROM answers a JOIN answers b ON b.pair_id = a.pair_id AND b.variant = 'B' "
+                "JOIN (SELECT DISTINCT answer_id, user_id FROM ratings) u "
+                "ON u.answer_id IN (a.id, b.id) WHERE a.variant = 'A' "
+                "GROUP BY a.id, u.user_id"
             ).fetchall()
         preferences: dict[str, int] = {}
         for model_a, model_b, rating_a, rating_b in pairs:
-            key = "equal" if rating_a == rating_b else (model_a if rating_a > rating_b else model_b)
+            key = ab_preference(model_a, model_b, rating_a, rating_b)
             preferences[key] = preferences.get(key, 0) + 1
         return Stats(answers, rated, up, down, per_model, preferences)
 

@@ -48,7 +48,8 @@ def test_status_before_the_first_reading() -> None:
             "**5 answer(s)**, 3 rated: 👍 4 · 👎 1\n"
             "• big-70b: 3 answer(s), 👍 3 · 👎 0 · avg 2.00 s to first token, 5.5 tokens/s\n"
             "• small-7b: 2 answer(s), 👍 1 · 👎 1\n"
-            "A/B (students who rated both answers): big-70b preferred 6, small-7b preferred 1, "
+            "A/B (one vote per student and pair: the answer rated higher wins, a lone 👍 "
+            "prefers its answer, a lone 👎 the other): big-70b preferred 6, small-7b preferred 1, "
             "4 equal",
         ),
     ],

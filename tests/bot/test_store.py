@@ -79,12 +79,29 @@ def test_stats_compare_ab_answers_per_student(store: Store) -> None:
     store.rate(11, 2, 1)  # student 2: equal
     store.rate(20, 3, -1)
     store.rate(21, 3, 1)  # student 3 prefers big (as B)
-    store.rate(20, 4, 1)  # student 4 rated only one: no preference
+    store.rate(20, 4, 1)  # student 4 rated only A (small) up: prefers small
+    store.rate(11, 5, -1)  # student 5 rated only B (small) down: prefers big
     stats = store.stats()
-    assert (stats.answers, stats.rated_answers, stats.up, stats.down) == (4, 4, 5, 2)
-    assert stats.ab_preferences == {"big": 2, "equal": 1}
+    assert (stats.answers, stats.rated_answers, stats.up, stats.down) == (4, 4, 5, 3)
+    assert stats.ab_preferences == {"big": 3, "small": 1, "equal": 1}
     per_model = {m.model: (m.answers, m.up, m.down) for m in stats.per_model}
-    assert per_model == {"big": (2, 3, 0), "small": (2, 2, 2)}
+    assert per_model == {"big": (2, 3, 0), "small": (2, 2, 3)}
+
+
+def test_placeholder_is_rateable_and_unfinished_until_it_ends(store: Store) -> None:
+    store.add_answer(record(30, answer="", tokens=0, stopped_by="writing"))
+    assert store.rate(30, 1, 1) == 30  # a rating during streaming is stored
+    assert store.stats().answers == 0
+    assert [r.id for r in store.unfinished()] == [30]
+    store.add_answer(record(30, answer="done"))  # the upsert keeps the rating
+    assert store.ratings(30) == {1: 1} and store.unfinished() == []
+    store.add_answer(record(31, answer="", tokens=0, stopped_by="writing"))
+    store.rate(31, 1, -1)
+    assert store.drop_unfinished(31) and store.answer_for_message(31) is None
+    assert not store.drop_unfinished(30)  # a finished answer stays
+    store.add_answer(record(32, answer="", tokens=0, stopped_by="writing"))
+    store.mark_interrupted(32)
+    assert store.unfinished() == [] and store.answer_for_message(32) is not None
 
 
 def test_csv_export_has_one_row_per_answer_with_rating_counts(store: Store) -> None:
