@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.alerttext import AlertmanagerPayload, alert_messages
 from bot.answering import AnswerService, Question, Target
 from bot.conversation import NEW, context_for
+from bot.deadman import DeadMansSwitch, down_text, is_watchdog, up_text, without_watchdog
 from bot.engine import Engine
 from bot.formatting import unknown_command_line
 from bot.jobs import Jobs
@@ -83,6 +84,7 @@ class CourseBot(commands.Bot):
         self.answers = AnswerService(self)
         self.slots.on_change = self.answers.update_gauges  # petals_bot_queue_length and running
         self._background: set[asyncio.Task[Any]] = set()
+        self.watchdog: DeadMansSwitch | None = None
         self.web: HttpServer | None = None
         self.tree.error(self.on_app_command_error)
 
@@ -105,6 +107,9 @@ class CourseBot(commands.Bot):
             )
             self.web = HttpServer(app, self.settings.http_host, self.settings.http_port)
             await self.web.start()
+            if self.settings.watchdog_timeout_s > 0 and self.settings.alerts_channel_id:
+                self.watchdog = DeadMansSwitch(self.settings.watchdog_timeout_s)
+                self._spawn(self._watch_alerting(self.watchdog), "watchdog")
         if self.settings.sync_commands:
             await self.sync_commands()
 
@@ -288,10 +293,42 @@ class CourseBot(commands.Bot):
             await message.reply(line, mention_author=False)
 
     # ---------------------------------------------------------------- alerts
+    async def _watch_alerting(self, watchdog: DeadMansSwitch) -> None:
+        every = min(30.0, max(watchdog.timeout_s / 10, 0.05))
+        while not self.is_closed():
+            await asyncio.sleep(every)
+            silent = watchdog.silent_for()
+            if watchdog.check() == "down":
+                log.error("no Watchdog alert for %.0f s: the alerting path is down", silent)
+                if not await self._post_alert_texts([down_text(silent)], quiet=True):
+                    watchdog.down = False  # not shown: say it at the next check
+
     async def post_alerts(self, payload: AlertmanagerPayload) -> None:
-        """Post to the admin channel; raises (so the webhook answers 503) when it cannot."""
+        """Post to the admin channel; raises (so the webhook answers 503) when it cannot.
+        The Watchdog heartbeat is not shown; it feeds the dead-man's switch."""
+        heartbeat = [a for a in payload.alerts if is_watchdog(a.labels) and a.status == "firing"]
+        if heartbeat and self.watchdog is not None:
+            silent = self.watchdog.silent_for()
+            if self.watchdog.heartbeat() == "up":
+                log.info("Watchdog alerts arrive again after %.0f s", silent)
+                await self._post_alert_texts([up_text(silent)], quiet=True)
+        payload = without_watchdog(payload)
+        if payload.alerts:
+            await self._post_alert_texts(alert_messages(payload))
+
+    async def _post_alert_texts(self, texts: list[str], *, quiet: bool = False) -> bool:
+        """``quiet``: log a failure and return False instead of raising."""
+        try:
+            await self._send_alert_texts(texts)
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning("could not post to the alerts channel: %r", exc)
+            return False
+        return True
+
+    async def _send_alert_texts(self, texts: list[str]) -> None:
         channel_id = self.settings.alerts_channel_id
-        texts = alert_messages(payload)
         if channel_id is None:
             for text in texts:
                 log.warning("alert (no alerts_channel_id set): %s", text)
