@@ -209,6 +209,8 @@ class CourseBot(commands.Bot):
             return False
         if user.guild_permissions.administrator:
             return True
+        if self.settings.moderator_role_ids:  # ids cannot be copied by naming a role alike
+            return any(role.id in self.settings.moderator_role_ids for role in user.roles)
         return any(role.name in self.settings.moderator_roles for role in user.roles)
 
     # ---------------------------------------------------------------- messages

@@ -120,6 +120,17 @@ class Stats:
     ab_preferences: dict[str, int]  # model -> times preferred; "equal" -> ties
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a
+    leading apostrophe, as OWASP advises against CSV injection; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def ab_preference(model_a: str, model_b: str, rating_a: int | None, rating_b: int | None) -> str:
     """One student's preference in one A/B pair: the model whose answer they rated higher, an
     unrated answer counting 0 (a lone 👍 on A prefers A, a lone 👎 on A prefers B); "equal"
@@ -392,7 +403,7 @@ class Store:
                 "GROUP BY a.id ORDER BY a.created_at, a.id"
             ).fetchall()
         for row in rows:
-            writer.writerow(list(row))
+            writer.writerow([csv_cell(value) for value in row])
         return out.getvalue()
 
 

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from bot.app import CourseBot
 
 MODERATORS_ONLY = "Only moderators can use this command."
+# Discord hides a command whose default permissions a member lacks (server admins can grant it
+# to roles under Server Settings > Integrations). Manage Messages is a moderator's permission.
+# It only hides: the check below (role ids, or names) still decides.
+moderator_default_permissions = app_commands.default_permissions(manage_messages=True)
 
 
 class NotModerator(commands.CheckFailure, app_commands.CheckFailure):

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs import app_moderator_only, moderator_only
+from bot.cogs import app_moderator_only, moderator_default_permissions, moderator_only
 from bot.formatting import help_text
 from bot.store import Store
 
@@ -42,6 +42,7 @@ class AdminCog(commands.Cog, name="admin"):
         everywhere="lift the limit: answer in every channel again",
     )
     @app_moderator_only()
+    @moderator_default_permissions
     async def setup_channel(
         self,
         interaction: discord.Interaction,
@@ -100,6 +101,7 @@ class AdminCog(commands.Cog, name="admin"):
 
     @commands.hybrid_command(name="reload", description="Moderators: re-read the course files")
     @moderator_only()
+    @moderator_default_permissions
     async def reload(self, ctx: commands.Context[CourseBot]) -> None:
         index = await self.bot.reload_knowledge()
         if index is None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from discord.ext import commands
 
-from bot.cogs import moderator_only
+from bot.cogs import moderator_default_permissions, moderator_only
 from bot.reports import status_text
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class ControlCog(commands.Cog, name="control"):
 
     @commands.hybrid_command(name="breakall", description="Moderators: stop every answer now")
     @moderator_only()
+    @moderator_default_permissions
     async def breakall(self, ctx: commands.Context[CourseBot]) -> None:
         stopped = self.bot.jobs.cancel_all(by=ctx.author.display_name)
         await ctx.send(f"⏹ Stopped {len(stopped)} answer(s).")

@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs import app_moderator_only, moderator_only
+from bot.cogs import app_moderator_only, moderator_default_permissions, moderator_only
 from bot.reports import stats_text
 from bot.store import Store
 
@@ -73,12 +73,14 @@ class FeedbackCog(commands.Cog, name="feedback"):
 
     @commands.hybrid_command(name="stats", description="Moderators: answers, ratings, speed, A/B")
     @moderator_only()
+    @moderator_default_permissions
     async def stats(self, ctx: commands.Context[CourseBot]) -> None:
         stats = await self.bot.store.run(Store.stats)
         await ctx.send(stats_text(stats), ephemeral=True)
 
     @app_commands.command(name="export", description="Moderators: every answer and rating as CSV")
     @app_moderator_only()
+    @moderator_default_permissions
     async def export(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         text = await self.bot.store.run(Store.export_csv)

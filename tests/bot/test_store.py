@@ -125,3 +125,15 @@ def test_guild_channel_choice(store: Store, tmp_path: Path) -> None:
     store.set_channel(2, None, set_by=7)
     store.close()
     assert Store(tmp_path / "bot.sqlite3").channels() == {1: 100}
+
+
+def test_csv_export_defuses_spreadsheet_formulas(store: Store) -> None:
+    store.add_answer(record(40, question='=HYPERLINK("http://x","click")', answer="-2+3"))
+    store.add_answer(record(41, question="@SUM(A1)", answer="plain", tokens=-1))
+    rows = list(csv.reader(io.StringIO(store.export_csv())))
+    header = rows[0]
+    by_id = {row[0]: dict(zip(header, row, strict=True)) for row in rows[1:]}
+    assert by_id["40"]["question"] == '\'=HYPERLINK("http://x","click")'
+    assert by_id["40"]["answer"] == "'-2+3"
+    assert by_id["41"]["question"] == "'@SUM(A1)" and by_id["41"]["answer"] == "plain"
+    assert by_id["41"]["tokens"] == "-1"  # a number, not text: left alone
