@@ -29,7 +29,7 @@ from bot.formatting import (
     queue_line,
     rate_limited_line,
 )
-from bot.jobs import Job
+from bot.jobs import CancelToken, Job
 from bot.prompt import PromptPlan, PromptTooLong, plan_prompt, select_passages
 from bot.store import WRITING, AnswerRecord, Store
 from bot.streaming import NETWORK_ERRORS, Reroute, SendFirst, SendMore, StreamingReply
@@ -210,6 +210,11 @@ class AnswerService:
         pair_id: int | None,
     ) -> None:
         metrics = self.bot.metrics
+        # Its own cancel token: /stop and /breakall reach it through the question's, but one
+        # model's timeout (which cancels its token) must not stop the other answer in A/B.
+        parent, token = job.token, CancelToken()
+        parent.add_callback(lambda: token.cancel(by=parent.by, reason=parent.reason))
+        job = dataclasses.replace(job, token=token)
         try:
             generation, plan = await self._generate(question, engine, reply, job)
         except asyncio.CancelledError:

@@ -5,12 +5,15 @@ shows both answers and a single vote counts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.app import INTERRUPTED
+from bot.errors import AnswerTimeout
 from bot.store import WRITING, Store
 from tests.bot.helpers import (
     CHANNEL,
@@ -157,3 +160,44 @@ async def test_ab_in_a_thread_shows_both_answers_and_a_single_vote_counts(
         "The small model's answer.",
     ]
     assert "small-7b preferred 1" in stats.callbacks[0]["data"]["content"]
+
+
+class FirstTokenTimeout(ScriptedEngine):
+    """Behaves like ClientEngine when the swarm gives no first token: cancels its token and
+    raises AnswerTimeout."""
+
+    async def generate(self, messages: Any, **kwargs: Any) -> Any:
+        self.prompts.append(list(messages))
+        await asyncio.sleep(0.1)
+        kwargs["cancel"].cancel(reason="timeout")
+        raise AnswerTimeout("the swarm gave no first token within 0.1 s")
+
+
+async def test_ab_one_models_timeout_does_not_stop_the_other(
+    fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    fake = fake_discord
+    text = "The healthy model keeps writing its whole answer. " * 2
+    healthy = ScriptedEngine(text, label="big-70b", piece_chars=5, delay_s=0.03)
+    stuck = FirstTokenTimeout(label="small-7b")
+    channel = fake.channel_ids[CHANNEL]
+    async with running(make_bot(tmp_path, healthy, ab_engine=stuck), fake):
+        asked = await fake.push_message(channel, fake.user_ids["bob"], "!Both of you?")
+        replies = await fake.wait_for(
+            lambda: (
+                (
+                    r := [
+                        fake.message(int(m["id"]))
+                        for m in bot_reply_to(fake, asked)
+                        if "writing…" not in m["content"] and not m["content"].endswith("🧠")
+                    ]
+                )
+                and len(r) == 2
+                and r
+            ),
+            timeout=20,
+            what="both answers ended",
+        )
+    contents = sorted((m["content"] for m in replies), key=lambda c: "⚠️" in c)
+    assert answer_text(contents[0]) == text.strip() and final(contents[0])
+    assert "⚠️" in contents[1] and "first token" in contents[1]
