@@ -51,6 +51,7 @@ class Question:
     channel_id: int
     message_id: int | None = None  # the student's message (None for slash commands)
     context: Context = field(default_factory=lambda: NEW)
+    notes: list[str] = field(default_factory=list)  # shown under the answer (skipped files)
 
 
 @dataclass
@@ -310,6 +311,7 @@ class AnswerService:
             question=question.text,
             count_tokens=engine.count_tokens,
             token_budget=budget,
+            asker=question.user_name,
         )
 
     async def _finish(
@@ -335,6 +337,10 @@ class AnswerService:
         line = footer(stats, sources, stopped_by_who=who)
         if plan is not None and plan.question_truncated:
             line += " · ✂️ question shortened to fit the model"
+        for note in question.notes:
+            line += f" · {note}"
+        if plan is not None and plan.turns_dropped:
+            line += f" · ✂️ {plan.turns_dropped} older turn(s) left out to fit the model"
         text = generation.text.strip()
         record = self._record(
             question, variant, reply, pair_id, generation.model, generation, sources

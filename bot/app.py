@@ -20,7 +20,8 @@ from discord.ext import commands
 
 from bot.alerttext import AlertmanagerPayload, alert_messages
 from bot.answering import AnswerService, Question, Target
-from bot.conversation import NEW, context_for
+from bot.attachments import read_attachments
+from bot.conversation import NEW, context_for, referenced_message
 from bot.deadman import DeadMansSwitch, down_text, is_watchdog, up_text, without_watchdog
 from bot.engine import Engine
 from bot.formatting import unknown_command_line
@@ -29,12 +30,14 @@ from bot.knowledge import CourseIndex, load_course
 from bot.limits import GenerationSlots, RateLimiter
 from bot.metrics import BotMetrics
 from bot.pacing import Pacers
+from bot.prompt import quote, sanitise_name
 from bot.settings import BotSettings, load_webhook_secret
 from bot.store import AsyncStore, Store
 from bot.streaming import NETWORK_ERRORS
 from bot.webhook import HttpServer, create_http_app
 
 log = logging.getLogger(__name__)
+MAX_REPLIED_CHARS = 1500  # of a replied-to message a mention asks about
 MAX_COMMAND_CHARS = 32  # a longer single "word" after the prefix is treated as a question
 INTERRUPTED = "⚠️ This answer was interrupted: the bot restarted while writing it. Please ask again."
 COGS = ("bot.cogs.ask", "bot.cogs.control", "bot.cogs.feedback", "bot.cogs.admin")
@@ -241,7 +244,10 @@ class CourseBot(commands.Bot):
             prefix=prefix,
             max_turns=self.settings.max_history_turns,
         )
-        mentioned = self.user in message.mentions and message.reference is None
+        # A reply pings its author unless switched off, so only a mention typed in the text
+        # counts on a reply: it asks about the replied-to message.
+        typed = any(m in content for m in (f"<@{self.user.id}>", f"<@!{self.user.id}>"))
+        mentioned = typed or (self.user in message.mentions and message.reference is None)
         if found is not None:
             kind = "thread" if found.thread_id == message.channel.id else "reply"
         elif content.startswith(prefix):
@@ -261,13 +267,26 @@ class CourseBot(commands.Bot):
             if kind == "prefix" and one_word and not text.endswith("?"):
                 await self._reply(message, unknown_command_line(words[0], prefix))
                 return
+        if found is None and message.reference is not None:
+            text = await self._about_replied(message, text)
         await self.ask_in_channel(message, text, kind, found or NEW)
+
+    async def _about_replied(self, message: discord.Message, text: str) -> str:
+        """A question asked by mentioning the bot in a reply: the replied-to message, quoted."""
+        replied = await referenced_message(message)
+        if replied is None or not replied.content.strip():
+            return text
+        who = sanitise_name(replied.author.display_name) or "someone"
+        body = replied.content.strip()[:MAX_REPLIED_CHARS]
+        return f"About this message from {who}:\n{quote(body)}\n\n{text or 'What about it?'}"
 
     async def ask_in_channel(
         self, message: discord.Message, text: str, kind: str, context: Any
     ) -> None:
+        attached, notes = await read_attachments(message.attachments)
         question = Question(
-            text=text,
+            text=f"{text}\n\n{attached}".strip() if attached else text,
+            notes=notes,
             kind=kind,
             user_id=message.author.id,
             user_name=message.author.display_name,

@@ -30,6 +30,11 @@ class Context:
 NEW = Context()
 
 
+async def referenced_message(message: discord.Message) -> discord.Message | None:
+    """The message ``message`` replies to (from the cache or fetched), or None."""
+    return await _referenced(message)
+
+
 async def _referenced(message: discord.Message) -> discord.Message | None:
     reference = message.reference
     if reference is None or reference.message_id is None:
@@ -89,5 +94,7 @@ async def context_for(
     if referenced is None or referenced.author.id != bot_id:
         return None
     turns = await discord_chain(referenced, bot_id=bot_id, prefix=prefix, max_turns=max_turns)
+    if not turns:  # a reply to help text, a notice or an alert post: not an answer
+        return None
     log.info("continuing a conversation the database does not know (%d turn(s))", len(turns))
     return Context(turns)

@@ -53,7 +53,7 @@ async def test_replies_continue_the_conversation_along_the_chain(
         "Answer number 1.",
         "And Jinja?",
         "Answer number 2.",
-        "Give an example",
+        "alice asks: Give an example",
     ]
     assert len(engine.prompts[3]) == 2  # system + the new question: no earlier turns
     assert answer_text(bot_reply_to(fake, third)[0]["content"]) == "Answer number 3."
@@ -75,7 +75,7 @@ async def test_reply_to_an_answer_the_database_does_not_know(
     assert [m["content"] for m in engine.prompts[1][1:]] == [
         "Who teaches?",
         "Answer number 1.",
-        "Email?",
+        "alice asks: Email?",
     ]
 
 
@@ -108,7 +108,7 @@ async def test_slash_ask_in_a_thread_continues_without_reply(
         "Answer number 1.",
         "Who should be in my group?",
         "Answer number 2.",
-        "can I join?",
+        "alice asks: can I join?",
     ]
 
 
@@ -140,7 +140,8 @@ async def test_course_passages_go_into_the_prompt_and_the_footer(
         assert bot.knowledge is not None and bot.knowledge.passages > 10
         asked = await fake.push_message(channel, alice, "!When is the written exam?")
         reply = await final_reply(fake, asked)
-    system = engine.prompts[0][0]["content"]
-    assert "[exams.md › Exam › Exam date and place]" in system
-    assert "3 June at 09:00" in system
+    system, asked = engine.prompts[0][0]["content"], engine.prompts[0][-1]["content"]
+    assert "3 June" not in system  # course text is quoted in the question, not system text
+    assert "> [exams.md › Exam › Exam date and place]" in asked
+    assert "3 June at 09:00" in asked and asked.endswith("alice asks: When is the written exam?")
     assert "📚 exams.md" in reply["content"]

@@ -87,7 +87,7 @@ async def test_question_gets_a_placeholder_then_the_answer(
     assert reply.content == "🧠"  # posted at once, then edited
     final = await content_now(reply)
     assert final.startswith(ANSWER + "\n-# ⏱") and "scripted-model" in final
-    assert engine.prompts[0][-1]["content"] == "When are the lab sessions?"
+    assert engine.prompts[0][-1]["content"].endswith(" asks: When are the lab sessions?")
     assert bot.metrics.value("petals_bot_questions_total", kind="prefix") == 1
 
 
@@ -98,7 +98,8 @@ async def test_ask_command_and_mention_are_questions_too(
     await dpytest.message("!ask what is CSS grid")
     assert bot.user is not None
     await dpytest.message(f"<@{bot.user.id}> what is flexbox?")
-    assert [p[-1]["content"] for p in engine.prompts] == ["what is CSS grid", "what is flexbox?"]
+    asked = [p[-1]["content"].split(" asks: ", 1)[1] for p in engine.prompts]
+    assert asked == ["what is CSS grid", "what is flexbox?"]
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ async def test_prefix_question_streams_by_throttled_edits(
     assert "writing…" in revisions[1].content  # streaming shows a writing footer
     gaps = [b.at - a.at for a, b in itertools.pairwise(revisions[:-1])]  # the last comes at once
     assert all(gap >= 0.28 for gap in gaps), gaps  # about one edit per interval, not per token
-    assert engine.prompts[0][-1] == {"role": "user", "content": "When is the exam?"}
+    assert engine.prompts[0][-1] == {"role": "user", "content": "alice asks: When is the exam?"}
     sent = fake.calls_to("POST /channels/{channel_id}/messages")[0].json
     assert (
         sent["allowed_mentions"]["parse"] == []

@@ -106,13 +106,13 @@ async def test_reply_and_slash_thread_continue_the_conversation(
     assert [m["content"] for m in engine.prompts[1][1:]] == [
         "Who runs the servers?",
         first_answer,
-        "Why?",
+        "alice asks: Why?",
     ]
     thread_answer = engine.results[2].text.strip()
     assert [m["content"] for m in engine.prompts[3][1:]] == [
         "What is a block?",
         thread_answer,
-        "Tell me more",
+        "bob asks: Tell me more",
     ]
 
 

@@ -397,14 +397,22 @@ class FakeDiscord:
         reference: int | None = None,
         *,
         embeds: list[Json] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> int:
-        """A member posts in a channel or thread, optionally replying to ``reference``;
-        returns the new message id."""
+        """A member posts in a channel or thread, optionally replying to ``reference`` and with
+        attached ``files`` (name -> bytes); returns the new message id."""
         self._require_bot()
         body: Json = {"content": content, "embeds": embeds or []}
         if reference is not None:
             body["message_reference"] = {"message_id": str(reference)}
-        message = self.world.create_message(channel_id, self.world.member_id(author_id), body)
+        uploads = {
+            index: (name, data, "application/octet-stream")
+            for index, (name, data) in enumerate((files or {}).items())
+        }
+        attachments = list(self.world.upload(channel_id, uploads).values())
+        message = self.world.create_message(
+            channel_id, self.world.member_id(author_id), body, attachments=attachments
+        )
         await self.gateway.dispatch_message("MESSAGE_CREATE", message)
         self._notify()
         return int(message["id"])
