@@ -1,4 +1,6 @@
-"""Course knowledge: Markdown/text files cut into passages and ranked with BM25.
+"""Course knowledge: Markdown/text files, PDFs (pypdf, one passage group per page) and slide decks
+(python-pptx, per slide) cut into passages and ranked with BM25. A passage from a PDF or a deck
+carries its page or slide number, which the answer's sources show ("exam-2024.pdf p. 2").
 
 A lexical ranker needs no model download and handles the questions students ask about a course
 (dates, rooms, assignment numbers) well, in English and Norwegian alike. Chunking and ranking are
@@ -16,8 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUFFIXES = (".md", ".markdown", ".txt")
+TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+SUFFIXES = (*TEXT_SUFFIXES, ".pdf", ".pptx")
 MAX_FILE_BYTES = 2_000_000
+MAX_DOCUMENT_BYTES = 30_000_000  # PDFs and decks carry images; only their text is kept
 
 # Function words that say nothing about which passage is meant (English and Norwegian bokmål).
 STOPWORDS = frozenset(
@@ -63,6 +67,12 @@ class Passage:
     source: str  # file name relative to the course folder, e.g. "exams.md"
     heading: str  # the section's heading path, e.g. "Exam › Dates"; "" before any heading
     text: str
+    where: str = ""  # page or slide in a PDF or deck, e.g. "p. 3" or "slide 7"
+
+    @property
+    def cited(self) -> str:
+        """How the answer's sources name it: the file, with its page or slide."""
+        return f"{self.source} {self.where}" if self.where else self.source
 
 
 def _sections(text: str) -> Iterable[tuple[str, str]]:
@@ -176,8 +186,58 @@ class CourseIndex:
         return text
 
 
+def pdf_pages(path: Path) -> list[str]:
+    """The text of each page of a PDF (pypdf; scanned pages without a text layer are empty)."""
+    from pypdf import PdfReader  # imported when a course has PDFs
+
+    return [page.extract_text() or "" for page in PdfReader(path).pages]
+
+
+def deck_slides(path: Path) -> list[tuple[str, str]]:
+    """(title, text) of each slide of a .pptx deck, the notes included."""
+    from pptx import Presentation  # imported when a course has slides
+
+    slides: list[tuple[str, str]] = []
+    for slide in Presentation(str(path)).slides:
+        title_shape = slide.shapes.title
+        title = title_shape.text_frame.text.strip() if title_shape is not None else ""
+        texts = [
+            shape.text_frame.text.strip()
+            for shape in slide.shapes
+            if shape.has_text_frame and shape is not title_shape and shape.text_frame.text.strip()
+        ]
+        if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+            notes = slide.notes_slide.notes_text_frame.text.strip()
+            if notes:
+                texts.append(notes)
+        slides.append((title, "\n\n".join(texts)))
+    return slides
+
+
+def chunk_pages(
+    source: str, pages: Sequence[tuple[str, str]], label: str, max_chars: int = 700
+) -> list[Passage]:
+    """Passages of each page/slide (``label`` "p." or "slide"), numbered from 1."""
+    passages: list[Passage] = []
+    for number, (title, text) in enumerate(pages, start=1):
+        for passage in chunk_document(source, text, max_chars):
+            heading = title or passage.heading
+            passages.append(Passage(source, heading, passage.text, f"{label} {number}"))
+    return passages
+
+
+def read_document(path: Path, name: str, max_chars: int) -> list[Passage]:
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        return chunk_pages(name, [("", text) for text in pdf_pages(path)], "p.", max_chars)
+    if suffix == ".pptx":
+        return chunk_pages(name, deck_slides(path), "slide", max_chars)
+    return chunk_document(name, path.read_text(encoding="utf-8"), max_chars)
+
+
 def load_course(folder: Path, *, max_chars: int = 700) -> CourseIndex:
-    """Read every .md/.markdown/.txt file under ``folder`` (sorted, hidden files skipped)."""
+    """Read every .md/.markdown/.txt/.pdf/.pptx file under ``folder`` (sorted, hidden files
+    skipped)."""
     started = time.perf_counter()
     passages: list[Passage] = []
     files: list[str] = []
@@ -191,15 +251,16 @@ def load_course(folder: Path, *, max_chars: int = 700) -> CourseIndex:
         name = path.relative_to(folder).as_posix()
         if any(part.startswith(".") for part in Path(name).parts) or not path.is_file():
             continue
+        limit = MAX_FILE_BYTES if path.suffix.lower() in TEXT_SUFFIXES else MAX_DOCUMENT_BYTES
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                skipped.append(f"{name}: larger than {MAX_FILE_BYTES // 1_000_000} MB")
+            if path.stat().st_size > limit:
+                skipped.append(f"{name}: larger than {limit // 1_000_000} MB")
                 continue
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            skipped.append(f"{name}: {exc}")
+            found = read_document(path, name, max_chars)
+        except Exception as exc:  # a broken file must not stop the others
+            skipped.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         files.append(name)
-        passages.extend(chunk_document(name, text, max_chars))
+        passages.extend(found)
     index = Bm25Index(passages)
     return CourseIndex(index, tuple(files), tuple(skipped), time.perf_counter() - started)

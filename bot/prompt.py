@@ -57,7 +57,7 @@ class PromptPlan:
 
 
 def format_passage(passage: Passage) -> str:
-    where = f"{passage.source} › {passage.heading}" if passage.heading else passage.source
+    where = f"{passage.cited} › {passage.heading}" if passage.heading else passage.cited
     return f"[{where}]\n{passage.text.strip()}"
 
 
@@ -155,7 +155,7 @@ def plan_prompt(
     return PromptPlan(
         messages=build_messages(system_prompt, kept, turns, text, asker),
         prompt_tokens=tokens,
-        sources=list(dict.fromkeys(p.source for p in kept)),
+        sources=list(dict.fromkeys(p.cited for p in kept)),
         turns_used=len(turns),
         turns_dropped=len(history) - len(turns),
         passages_dropped=len(passages) - len(kept),

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.knowledge import Bm25Index, Passage, chunk_document, load_course, stem, terms
+from bot.prompt import plan_prompt
+from tests.bot.documents import write_deck, write_pdf
 
 pytestmark = pytest.mark.unit
 
@@ -115,7 +117,7 @@ def test_load_course_reads_markdown_and_text_and_skips_others(tmp_path: Path) ->
     (tmp_path / "a.md").write_text("# A\n\nalpha", encoding="utf-8")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("beta", encoding="utf-8")
-    (tmp_path / "c.pdf").write_bytes(b"%PDF")
+    (tmp_path / "c.docx").write_bytes(b"PK")  # not a format the bot reads
     (tmp_path / ".hidden.md").write_text("secret", encoding="utf-8")
     (tmp_path / "bad.md").write_bytes(b"\xff\xfe\xfa")
     loaded = load_course(tmp_path)
@@ -148,3 +150,35 @@ def test_top3_hit_rate_on_the_course_question_set() -> None:
     (ARTIFACTS / "knowledge-hit-rate.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"top-3 hit rate: {rate:.2f} ({report['top3_hits']}/{len(QUESTIONS)})")
     assert rate >= MIN_HIT_RATE, misses
+
+
+def test_pdfs_and_slides_are_indexed_with_page_and_slide_numbers(tmp_path: Path) -> None:
+    write_pdf(
+        tmp_path / "exam-2023.pdf",
+        [
+            ["Exam 2023 in Web Development", "Answer all tasks."],
+            ["Task 2: Explain the difference between GET and POST requests."],
+        ],
+    )
+    write_deck(
+        tmp_path / "lecture-04.pptx",
+        [("Lecture 4: CSS", "Selectors and specificity"), ("Flexbox", "justify-content aligns")],
+    )
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    course = load_course(tmp_path)
+    assert course.files == ("exam-2023.pdf", "lecture-04.pptx")
+    assert [s.split(":")[0] for s in course.skipped] == ["broken.pdf"]
+    hit = course.search("difference between GET and POST", 1)[0].passage
+    assert (hit.source, hit.where, hit.cited) == ("exam-2023.pdf", "p. 2", "exam-2023.pdf p. 2")
+    assert "GET and POST" in hit.text
+    slide = course.search("justify-content flexbox", 1)[0].passage
+    assert (slide.cited, slide.heading) == ("lecture-04.pptx slide 2", "Flexbox")
+    plan = plan_prompt(
+        system_prompt="",
+        passages=[hit, slide],
+        history=[],
+        question="q",
+        count_tokens=lambda messages: 1,
+        token_budget=100,
+    )
+    assert plan.sources == ["exam-2023.pdf p. 2", "lecture-04.pptx slide 2"]
