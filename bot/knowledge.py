@@ -14,9 +14,10 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
 SUFFIXES = (*TEXT_SUFFIXES, ".pdf", ".pptx")
@@ -128,6 +129,7 @@ class Bm25Index:
     passages: Sequence[Passage]
     k1: float = 1.5
     b: float = 0.75
+    analyze: Callable[[str], list[str]] = terms  # text -> index terms (words; or n-grams)
     _postings: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
     _lengths: list[int] = field(default_factory=list, repr=False)
     _idf: dict[str, float] = field(default_factory=dict, repr=False)
@@ -135,7 +137,7 @@ class Bm25Index:
     def __post_init__(self) -> None:
         for index, passage in enumerate(self.passages):
             name = Path(passage.source).stem.replace("-", " ").replace("_", " ")
-            counts = Counter(terms(f"{name} {passage.heading} {passage.text}"))
+            counts = Counter(self.analyze(f"{name} {passage.heading} {passage.text}"))
             self._lengths.append(sum(counts.values()))
             for term, count in counts.items():
                 self._postings.setdefault(term, []).append((index, count))
@@ -150,7 +152,7 @@ class Bm25Index:
             return []
         average = sum(self._lengths) / len(self._lengths) or 1.0
         scores: dict[int, float] = {}
-        for term in set(terms(query)):
+        for term in set(self.analyze(query)):
             idf = self._idf.get(term)
             if idf is None:
                 continue
@@ -161,6 +163,10 @@ class Bm25Index:
         return [Hit(self.passages[i], score) for i, score in best if score > 0]
 
 
+class Ranker(Protocol):
+    def search(self, query: str, k: int = 3) -> list[Hit]: ...
+
+
 @dataclass(frozen=True)
 class CourseIndex:
     """One load of the course folder."""
@@ -169,13 +175,15 @@ class CourseIndex:
     files: tuple[str, ...]
     skipped: tuple[str, ...]  # files that could not be read, with the reason
     took_s: float
+    hybrid: Ranker | None = None  # the ranker the bot uses when set (bot/ranking.py)
 
     @property
     def passages(self) -> int:
         return len(self.index.passages)
 
     def search(self, query: str, k: int) -> list[Hit]:
-        return self.index.search(query, k)
+        ranker = self.hybrid if self.hybrid is not None else self.index
+        return ranker.search(query, k)
 
     def summary(self) -> str:
         text = (
@@ -235,7 +243,7 @@ def read_document(path: Path, name: str, max_chars: int) -> list[Passage]:
     return chunk_document(name, path.read_text(encoding="utf-8"), max_chars)
 
 
-def load_course(folder: Path, *, max_chars: int = 700) -> CourseIndex:
+def load_course(folder: Path, *, max_chars: int = 700, hybrid: bool = True) -> CourseIndex:
     """Read every .md/.markdown/.txt/.pdf/.pptx file under ``folder`` (sorted, hidden files
     skipped)."""
     started = time.perf_counter()
@@ -263,4 +271,10 @@ def load_course(folder: Path, *, max_chars: int = 700) -> CourseIndex:
         files.append(name)
         passages.extend(found)
     index = Bm25Index(passages)
-    return CourseIndex(index, tuple(files), tuple(skipped), time.perf_counter() - started)
+    ranker = None
+    if hybrid:
+        from bot.ranking import HybridIndex  # ranking builds on this module
+
+        ranker = HybridIndex(passages, index)
+    took = time.perf_counter() - started
+    return CourseIndex(index, tuple(files), tuple(skipped), took, ranker)
