@@ -273,8 +273,9 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, question, answer FROM answers WHERE thread_id = ? AND "
-                "(variant IS NULL OR variant = 'A') ORDER BY created_at DESC, id DESC LIMIT ?",
-                (thread_id, max_turns),
+                "(variant IS NULL OR variant = 'A') AND stopped_by NOT IN (?, 'interrupted') "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                (thread_id, WRITING, max_turns),
             ).fetchall()
         turns = [Turn(r["question"], r["answer"]) for r in reversed(rows)]
         return turns, (rows[0]["id"] if rows else None)

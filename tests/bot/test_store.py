@@ -99,7 +99,8 @@ def test_placeholder_is_rateable_and_unfinished_until_it_ends(store: Store) -> N
     store.rate(31, 1, -1)
     assert store.drop_unfinished(31) and store.answer_for_message(31) is None
     assert not store.drop_unfinished(30)  # a finished answer stays
-    store.add_answer(record(32, answer="", tokens=0, stopped_by="writing"))
+    store.add_answer(record(32, answer="", tokens=0, stopped_by="writing", thread_id=5))
+    assert store.thread_history(5, 8) == ([], None)  # a placeholder is no earlier turn
     store.mark_interrupted(32)
     assert store.unfinished() == [] and store.answer_for_message(32) is not None
 
