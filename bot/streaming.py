@@ -95,7 +95,9 @@ class StreamingReply:
     async def open(self, status: str = PLACEHOLDER) -> Editable:
         self.status = status
         content = self._with_header(status)
-        message = await self._paced(lambda: self._send_first(content))
+        # Not paced: a slash command's first response must reach Discord within 3 seconds,
+        # whatever the channel's edits are doing.
+        message = await self._send_first(content)
         self.messages.append(message)
         self._shown.append(content)
         self._next_edit = self._clock() + self.interval
