@@ -117,7 +117,9 @@ class BotSettings(KitSettings):
         "always-firing Watchdog alert has not arrived for this long (0: off)",
     )
     course_dir: Path | None = Field(
-        None, description="folder of Markdown/text course files indexed at start and on /reload"
+        None,
+        description="folder of course files (Markdown/text, PDF, .pptx) indexed at start and on "
+        "/reload",
     )
     knowledge_top_k: int = Field(3, ge=0, le=10, description="course passages put in a prompt")
     knowledge_max_chars: int = Field(
