@@ -1,6 +1,7 @@
 """`petalctl bot` as a real process, pointed at the fake Discord through its test settings: every
 rating the bot acknowledged (``petals_bot_ratings_total`` on /metrics, counted only after the
-commit) is in the database after the bot is SIGKILLed, and a restarted bot reports it."""
+commit) is in the database after the bot is SIGKILLed, and a restarted bot reports it and
+tidies the answers the kill interrupted."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from bot.app import INTERRUPTED
 from swarm.localswarm import LocalSwarm, free_port
 from swarm.process import descendants, group_members
 from tests.bot.helpers import CHANNEL, bot_reply_to, final
@@ -137,6 +139,16 @@ def start_bot(fake: FakeDiscord, local_swarm: LocalSwarm, tmp_path: Path) -> Ite
         assert bot.leftovers() == [], bot.log.read_text()[-2000:]
 
 
+def writing_rows(database: Path) -> list[int]:
+    """Answers the database holds as still being written (placeholders)."""
+    db = sqlite3.connect(database)
+    try:
+        rows = db.execute("SELECT id FROM answers WHERE stopped_by = 'writing' ORDER BY id")
+        return [row[0] for row in rows.fetchall()]
+    finally:
+        db.close()
+
+
 async def get(bot: BotProcess, path: str) -> tuple[int, str]:
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as http, http.get(bot.base + path) as reply:
@@ -185,9 +197,18 @@ async def test_acknowledged_ratings_survive_sigkill(
     async with asyncio.timeout(30):
         while (await acknowledged(bot, "up"), await acknowledged(bot, "down")) != (3, 1):
             await asyncio.sleep(0.02)
+    # Three more questions, then the kill while they are being written or wait in line: their
+    # placeholders ("writing" rows) must be tidied by the restarted bot.
+    for user in (alice, bob, carol):
+        await fake.push_message(channel, user, "!And what is a server?")
+    unfinished = await fake.wait_for(
+        lambda: writing_rows(tmp_path / "ratings.sqlite3"), 30, what="answers being written"
+    )
     bot.remember_children()
     os.kill(bot.process.pid, signal.SIGKILL)  # right after the acknowledgements
     assert bot.process.wait(timeout=30) == -signal.SIGKILL
+    left = writing_rows(tmp_path / "ratings.sqlite3")
+    assert left, unfinished  # answers the kill interrupted
 
     db = sqlite3.connect(tmp_path / "ratings.sqlite3")
     rows = db.execute("SELECT user_id, rating FROM ratings WHERE answer_id = ?", (answer,))
@@ -196,6 +217,12 @@ async def test_acknowledged_ratings_survive_sigkill(
 
     restarted = start_bot("restarted")
     await wait_ready(fake, restarted)
+    await fake.wait_for(
+        lambda: all(fake.message(answer_id)["content"] == INTERRUPTED for answer_id in left),
+        30,
+        what="the interrupted answers tidied",
+    )
+    assert writing_rows(tmp_path / "ratings.sqlite3") == []
     record = fake.interaction(await fake.push_interaction("stats", None, maya, channel))
     await fake.wait_for(lambda: record.callbacks, 30, what="/stats")
     assert "1 rated: 👍 3 · 👎 1" in record.callbacks[0]["data"]["content"]
