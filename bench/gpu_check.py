@@ -223,8 +223,9 @@ def block_memory(shape: dict[str, int], device: Any, dtype: Any) -> dict[str, An
             converted = convert(block, config, quant, device)
             measured = tensor_bytes(converted)
             how = "bytes of parameters, buffers and quantization state"
-        weight_dtype = "bf16" if dtype == torch.bfloat16 else "fp32"
-        planned = block_bytes(spec, quant, weight_dtype=weight_dtype)
+        planned = block_bytes(
+            spec, quant, weight_dtype="bf16" if dtype == torch.bfloat16 else "fp32"
+        )
         rope = rope_table_bytes(converted)
         results[quant] = {
             "measured_bytes": measured,
