@@ -5,21 +5,31 @@
 #   empty (default): pip's configured indexes; on PyPI, torch==2.13.0 for Linux is the CUDA build
 #                    (a machine with a local CPU wheel in its pip find-links gets that one)
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   CPU-only build
+# GPU=1 (venv, wheelhouse): also install/collect the pinned CUDA 13 wheel set (requirements/gpu.txt).
+#   It reads no pip config files and no PIP_FIND_LINKS (a local CPU torch there would shadow the
+#   CUDA build); point pip at a mirror with PIP_INDEX_URL if PyPI is not reachable.
+# Python 3.11 or 3.12 (3.11 preferred when both exist): PYTHON=python3.12 picks one explicitly.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON_FOUND := $(shell for p in python3.11 python3.12 python3; do \
+    command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' 2>/dev/null \
+    && { command -v $$p; break; }; done)
+PYTHON ?= $(PYTHON_FOUND)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 TORCH_INDEX_URL ?=
+GPU ?=
+GPU_ENV := $(if $(GPU),env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null)
+GPU_REQS := $(if $(GPU),-c requirements/gpu.txt -r requirements/gpu.txt)
 PROMPT ?= What is a block?
 WHEELHOUSE ?= wheelhouse
 PYTEST ?= $(BIN)/python -m pytest
 export PETALS_KIT_CACHE ?= $(CURDIR)/.cache
 
 STAMP := $(VENV)/.installed
-REQS := constraints.txt requirements/petals-stack.txt requirements/kit.txt requirements/dev.txt pyproject.toml
+REQS := constraints.txt requirements/gpu.txt requirements/petals-stack.txt requirements/kit.txt requirements/dev.txt pyproject.toml
 
 .PHONY: help venv demo chat test test-fast test-unit test-monitoring test-swarm test-bot test-lab \
         lint wheelhouse bench system-deps clean lock
@@ -29,11 +39,13 @@ help:  ## list the targets
 
 $(STAMP): $(REQS)
 	@echo "== setup: python venv $(VENV) with the pinned Petals stack (constraints.txt)"
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, got " + sys.version.split()[0]'
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (none found; set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else "Python 3.11 or 3.12 is required, got " + sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip setuptools wheel
 	@echo "   torch 2.13.0 $(if $(TORCH_INDEX_URL),from $(TORCH_INDEX_URL),from the configured index)"
-	@$(PIP) install -q -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==2.13.0
+	@$(if $(GPU),echo "   GPU=1: the CUDA 13 wheel set of requirements/gpu.txt")
+	@$(GPU_ENV) $(PIP) install -q -c constraints.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) $(GPU_REQS) torch==2.13.0
 	@echo "   the Petals stack (hivemind 1.1.12, transformers 4.34, ...)"
 	@$(PIP) install -q -c constraints.txt -r requirements/petals-stack.txt
 	@echo "   petals 2.2.0.post1 without its unsatisfiable pins (swarm/compat.py bridges hivemind)"
@@ -72,15 +84,16 @@ lint: $(STAMP)  ## ruff and mypy on the package code
 	$(BIN)/ruff format --check swarm client monitoring bot petalctl tests bench
 	$(BIN)/mypy swarm client monitoring bot petalctl
 
-wheelhouse: $(STAMP)  ## build ./wheelhouse: every wheel needed to install offline (--no-index)
-	@echo "== wheelhouse: wheels of the pinned set into $(WHEELHOUSE)/"
+wheelhouse: $(STAMP)  ## build ./wheelhouse (GPU=1: with the CUDA 13 set) to install offline
+	@echo "== wheelhouse: wheels of the pinned set$(if $(GPU), and the CUDA 13 set,) for Python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') into $(WHEELHOUSE)/"
 	@mkdir -p $(WHEELHOUSE)
-	@$(PIP) wheel -q -w $(WHEELHOUSE) -c constraints.txt $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
-	    -r requirements/petals-stack.txt -r requirements/kit.txt pip setuptools wheel
+	@$(GPU_ENV) $(PIP) wheel -q -w $(WHEELHOUSE) -c constraints.txt $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) \
+	    $(GPU_REQS) -r requirements/petals-stack.txt -r requirements/kit.txt pip setuptools wheel
 	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps petals==2.2.0.post1
 	@$(PIP) wheel -q -w $(WHEELHOUSE) --no-deps --no-build-isolation . >/dev/null 2>&1 \
 	    || $(PIP) wheel -w $(WHEELHOUSE) --no-deps --no-build-isolation .
 	@cp constraints.txt requirements/petals-stack.txt requirements/kit.txt scripts/install-from-wheelhouse.sh $(WHEELHOUSE)/
+	@$(if $(GPU),cp requirements/gpu.txt $(WHEELHOUSE)/,rm -f $(WHEELHOUSE)/gpu.txt)
 	@echo "   $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels; install offline with: bash $(WHEELHOUSE)/install-from-wheelhouse.sh $(WHEELHOUSE) VENV"
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (figures printed and written to bench/results/)

@@ -11,6 +11,13 @@ the names petals imports (``from hivemind import PeerID, get_logger, anext, ...`
 This module puts those names back into the ``hivemind`` namespace; nothing in hivemind or petals is
 patched beyond that.
 
+bitsandbytes (0.50.2 here, for its CUDA 13 library): petals' ``convert_block`` (Linear8bitLt,
+Int8Params, LinearNF4, Params4bit) works on it unchanged, on CUDA and on bitsandbytes' CPU
+backend, so nothing is bridged for it. Known gap, deliberately not bridged: LoRA adapters
+(``run_server --adapters``, which the kit never passes) wrap int8 layers with peft 0.5.0's
+``lora.Linear8bitLt``, which passes ``memory_efficient_backward=`` that bitsandbytes has removed
+(TypeError). Bridging it would mean importing bitsandbytes (~3 s) in every process.
+
 When it can go: once a Petals release on PyPI depends on a hivemind with a Linux p2pd wheel
 (Petals' GitHub main already pins a newer hivemind by commit), delete this module and its imports.
 """

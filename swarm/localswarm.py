@@ -63,6 +63,7 @@ class LocalSwarm:
     dht_prefix: str = "tiny"
     host: str = "127.0.0.1"
     torch_dtype: str = "float32"
+    quant_type: str = "none"  # none, int8 or nf4 (bitsandbytes quantizes on CPU too)
     throughput: float = 10.0
     update_period: float = 10.0
     progress: Progress | None = None
@@ -142,6 +143,7 @@ class LocalSwarm:
             initial_peers=self.initial_peers,
             host_maddrs=[f"/ip4/{self.host}/tcp/{port}"],
             torch_dtype=self.torch_dtype,
+            quant_type=self.quant_type,
         )
         argv = server_argv(
             settings,

@@ -58,7 +58,8 @@ class SwarmSettings(KitSettings):
     )
     torch_dtype: TorchDtype = Field("auto", description="dtype of the served blocks")
     quant_type: QuantType = Field(
-        "none", description="weight quantization of served blocks: none, int8 or nf4 (GPU only)"
+        "none",
+        description="weight quantization of served blocks: none, int8 or nf4 (CPU too)",
     )
     initial_peers: AddressList = Field(
         default_factory=list,
