@@ -296,7 +296,7 @@ def test_a_server_restarted_after_a_crash_is_ready_only_once_it_announces_itself
     first, log = start()
     try:
         log.wait_for("ready: blocks", timeout=240)
-        log.wait_for("Running Petals", timeout=1)  # the runner's own log line, via our stderr
+        log.wait_for("private: no update check", timeout=1)  # the runner's log line, on stderr
         p2pds = p2pd_command_lines(marker)
         assert p2pds, "the server's p2pd should run"
         assert all("-natPortMap=0" in argv for argv in p2pds), p2pds
