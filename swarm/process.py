@@ -224,6 +224,8 @@ def end_group_when_orphaned(poll_s: float = 1.0, term_s: float = 5.0) -> threadi
     ports. The other members get SIGTERM first and SIGKILL after ``term_s``; the SIGKILL goes to
     the group, ending this process last. A SIGTERM to the whole group would end this process
     first (no Python handler is installed for it), so its SIGKILL escalation would never run.
+    Does nothing unless we lead our group: a group we merely joined (a shell script's) is not
+    ours to kill.
     """
     parent = os.getppid()
     me = os.getpid()
@@ -233,6 +235,8 @@ def end_group_when_orphaned(poll_s: float = 1.0, term_s: float = 5.0) -> threadi
         return [pid for pid in group_members(group) if pid != me]
 
     def watch() -> None:
+        if group != me:
+            return
         while os.getppid() == parent:
             time.sleep(poll_s)
         for pid in others():

@@ -120,3 +120,20 @@ def test_an_orphaned_tree_ends_itself_even_if_a_member_ignores_sigterm():
     finally:
         for pid, _ in processes_with_marker(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_watcher_stays_off_in_a_group_it_does_not_lead():
+    """A runner started inside someone else's process group (a shell script's) must never
+    kill that group when its parent exits."""
+    code = (
+        "from swarm.process import end_group_when_orphaned\n"
+        "watcher = end_group_when_orphaned(poll_s=0.1)\n"
+        "watcher.join(timeout=30)\n"
+        "print('watching' if watcher.is_alive() else 'off', flush=True)\n"
+    )
+    _, env = new_marker_env()
+    # Not start_new_session: the child joins the test's own group, which it does not lead.
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "off\n", done.stderr
