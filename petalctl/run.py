@@ -2,7 +2,8 @@
 
 Each supervises its Petals process tree: it validates everything first, starts the tree in its own
 process group, reports ready only when the DHT shows it (the bootstrap answers a DHT join; the
-server's blocks are announced ONLINE), tells systemd (Type=notify) when it is, forwards
+server's blocks are announced ONLINE by the process just started, not by a previous run's record
+that has not expired yet), tells systemd (Type=notify) when it is, forwards
 SIGTERM/SIGINT as a graceful stop and reaps the whole tree.
 """
 
@@ -172,7 +173,13 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from swarm.dht import open_dht, wait_for_blocks
     from swarm.identity import load_identity
-    from swarm.launch import model_num_blocks, parse_block_range, server_argv, start_server
+    from swarm.launch import (
+        model_num_blocks,
+        parse_block_range,
+        record_lifetime,
+        server_argv,
+        start_server,
+    )
 
     settings = SwarmSettings.from_args(args)
     initial_peers = settings.require_initial_peers()
@@ -190,6 +197,9 @@ def run_serve(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         device=args.device,
     )
+    # Records stored by this process expire after started + lifetime; a record of a previous
+    # run with this identity (a crash, then a restart) expires earlier and must not count.
+    started = time.time()  # DHT time is wall-clock time (hivemind's get_dht_time)
     process = start_server("server", argv, settings.model, log_path=_log_path(args))
 
     def alive() -> str | None:
@@ -205,6 +215,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 peer_ids=[identity.peer_id],
                 timeout=args.ready_timeout,
                 check=alive,
+                expiring_after=started + record_lifetime(args.update_period),
             )
         _say(f"server {identity.peer_id} ready: blocks {blocks} ONLINE")
 

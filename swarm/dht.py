@@ -7,9 +7,11 @@ context manager always shuts both down.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from swarm.coverage import ServerAnnouncement, merge_announcements
@@ -54,6 +56,7 @@ def open_dht(
                 start=True,
                 startup_timeout=startup_timeout,
                 num_workers=8,
+                nat_port_map=False,  # p2pd must not ask the router to open a port (UPnP)
             )
             break
         except Exception as exc:  # hivemind raises bare Exceptions on bootstrap failure
@@ -105,6 +108,39 @@ def read_announcements(dht: DHT, dht_prefix: str, num_blocks: int) -> list[Serve
     return merge_announcements(per_block)
 
 
+def latest_records(dht: DHT, uids: Sequence[str]) -> dict[tuple[str, str], tuple[str, float]]:
+    """Each server's latest record per block, as ``{(uid, peer_id): (state, expiration)}``.
+
+    petals' ``get_remote_module_infos`` drops expirations; they tell a record a server stored
+    just now from one a dead process stored before (see ``wait_for_blocks``). State and
+    expiration come from one read, so they belong to the same record.
+    """
+    import swarm.compat
+
+    swarm.compat.apply()
+    from petals.data_structures import ServerState
+
+    names = {state.value: state.name.lower() for state in ServerState}
+    raw = dht.run_coroutine(partial(_latest_records, uids=list(uids)))
+    return {key: (names.get(state, "unknown"), expires) for key, (state, expires) in raw.items()}
+
+
+async def _latest_records(
+    dht: DHT, node: Any, uids: list[str]
+) -> dict[tuple[str, str], tuple[Any, float]]:
+    found = await node.get_many(uids, math.inf)  # math.inf: the latest record, like latest=True
+    records: dict[tuple[str, str], tuple[Any, float]] = {}
+    for uid in uids:
+        entry = found.get(uid)
+        if entry is None or not isinstance(entry.value, dict):
+            continue
+        for peer_id, record in entry.value.items():
+            value = record.value  # petals' ServerInfo.to_tuple(): (state, throughput, extra)
+            state = value[0] if isinstance(value, (tuple, list)) and value else None
+            records[(uid, str(peer_id))] = (state, float(record.expiration_time))
+    return records
+
+
 def wait_for_blocks(
     dht: DHT,
     dht_prefix: str,
@@ -116,9 +152,16 @@ def wait_for_blocks(
     poll_s: float = 0.5,
     check: Callable[[], str | None] | None = None,
     on_poll: Callable[[list[ServerAnnouncement]], None] | None = None,
+    expiring_after: float | None = None,
 ) -> list[ServerAnnouncement]:
     """Poll the DHT until every block in ``blocks`` has an ONLINE server (one of ``peer_ids`` if
-    given). ``check`` may return a reason to give up early (e.g. the server process died)."""
+    given). ``check`` may return a reason to give up early (e.g. the server process died).
+
+    ``expiring_after`` (a DHT time) ignores records that expire earlier. A record lives for
+    2 x update_period after it is stored, and a crashed server's ONLINE record outlives it: a
+    restarted server with the same identity would look ready at once. A server stores each
+    record with ``expiration = now + lifetime``, so ``process start + lifetime`` accepts only
+    records stored by the process started then."""
     wanted = set(range(num_blocks) if blocks is None else blocks)
     allowed = set(peer_ids) if peer_ids is not None else None
     deadline = time.monotonic() + timeout
@@ -126,12 +169,22 @@ def wait_for_blocks(
         records = read_announcements(dht, dht_prefix, num_blocks)
         if on_poll:
             on_poll(records)
-        covered = {
-            block
-            for record in records
-            if record.state == "online" and (allowed is None or record.peer_id in allowed)
-            for block in range(record.start_block, record.end_block)
-        }
+        if expiring_after is None:
+            covered = {
+                block
+                for record in records
+                if record.state == "online" and (allowed is None or record.peer_id in allowed)
+                for block in range(record.start_block, record.end_block)
+            }
+        else:
+            uids = dict(zip(block_uids(dht_prefix, sorted(wanted)), sorted(wanted), strict=True))
+            covered = {
+                uids[uid]
+                for (uid, peer_id), (state, expiration) in latest_records(dht, list(uids)).items()
+                if state == "online"
+                and expiration >= expiring_after
+                and (allowed is None or peer_id in allowed)
+            }
         missing = sorted(wanted - covered)
         if not missing:
             return records

@@ -161,6 +161,13 @@ def server_argv(
     return argv
 
 
+def record_lifetime(update_period: float) -> float:
+    """Seconds a server's DHT record lives after it is stored: petals' server uses
+    ``max(2 * update_period, MAX_DHT_TIME_DISCREPANCY_SECONDS)`` (3 s in hivemind) unless
+    ``--expiration`` is given, which the kit never passes."""
+    return max(2 * update_period, 3.0)
+
+
 def child_env(model: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -5,6 +5,10 @@ only the top process leaves p2pd and friends holding ports. Each child we start 
 session/process group; stopping asks the leader to shut down gracefully (SIGINT: petals then
 announces its blocks OFFLINE), then SIGTERM and finally SIGKILL go to the whole group, and we
 wait until no process of the group is left. Under systemd, KillMode=control-group does the same.
+
+Without a log file a child writes to our stderr (fd 2): under systemd that is the journal, so a
+server's log lines and tracebacks are kept. ``end_group_when_orphaned`` is the child-side half:
+it ends the child's own group when its supervisor dies without stopping it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 from swarm.errors import ProcessError
+
+_STDERR_FD = 2
 
 
 def group_members(pgid: int) -> list[int]:
@@ -98,6 +105,7 @@ class ManagedProcess:
         return self._proc.pid
 
     def start(self) -> ManagedProcess:
+        """Start the tree; its stdout and stderr go to ``log_path`` if given, else to our stderr."""
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
@@ -105,7 +113,8 @@ class ManagedProcess:
             self._proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=self._log if self._log else subprocess.DEVNULL,
+                # fd 2, not sys.stderr: that object may be replaced (pytest) and have no fd.
+                stdout=self._log if self._log else _STDERR_FD,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.cwd,
@@ -205,3 +214,39 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def end_group_when_orphaned(poll_s: float = 1.0, term_s: float = 5.0) -> threading.Thread:
+    """Watch (in a daemon thread) for our parent to die; then end our whole process group.
+
+    For a child started by ``ManagedProcess`` (it leads its own group): if the supervisor is
+    SIGKILLed or crashes, nothing stops the tree, and p2pd and friends would live on holding
+    ports. The other members get SIGTERM first and SIGKILL after ``term_s``; the SIGKILL goes to
+    the group, ending this process last. A SIGTERM to the whole group would end this process
+    first (no Python handler is installed for it), so its SIGKILL escalation would never run.
+    Does nothing unless we lead our group: a group we merely joined (a shell script's) is not
+    ours to kill.
+    """
+    parent = os.getppid()
+    me = os.getpid()
+    group = os.getpgrp()
+
+    def others() -> list[int]:
+        return [pid for pid in group_members(group) if pid != me]
+
+    def watch() -> None:
+        if group != me:
+            return
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        for pid in others():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + term_s
+        while others() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(group, signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="die-with-parent", daemon=True)
+    thread.start()
+    return thread

@@ -7,7 +7,8 @@ pickles functions by module name, and functions defined in ``__main__`` do not s
 A private swarm makes no calls outside: petals' server asks PyPI for the latest petals release at
 every start (``validate_version``); the runner replaces that with a log line of the version, and
 the launcher always passes ``--skip_reachability_check`` (petals' check calls a public service)
-and a fixed ``--throughput`` (otherwise petals runs an internet speed test).
+and a fixed ``--throughput`` (otherwise petals runs an internet speed test). Every p2pd the
+process starts runs without NAT port mapping (see ``_private_p2p``).
 """
 
 from __future__ import annotations
@@ -23,25 +24,23 @@ ENTRY_POINTS = {
 }
 
 
-def _die_with_parent(poll_s: float = 1.0) -> None:
-    """If our supervisor dies without stopping us (SIGKILL, a crashed test run), end our whole
-    process group rather than live on as orphans holding ports. Under systemd the unit's cgroup
-    is killed anyway; this covers the demo, the tests and hand-started servers."""
-    import os
-    import signal
-    import threading
-    import time
+def _private_p2p() -> None:
+    """Start every p2pd of this process with NAT port mapping off.
 
-    parent = os.getppid()
+    hivemind's ``P2P.create`` defaults to ``nat_port_map=True``: p2pd then asks the router
+    (UPnP/NAT-PMP) to forward the swarm port from outside, which a private swarm on a university
+    network must never do. Neither petals CLI exposes the option, and the server creates several
+    P2P instances (its DHT, the reachability probe), so the default is replaced at the source.
+    """
+    from hivemind.p2p import P2P
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os.killpg(os.getpgrp(), signal.SIGTERM)
-        time.sleep(5.0)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+    create = P2P.create.__func__
 
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    async def create_private(cls: type, *args: object, **kwargs: object) -> object:
+        kwargs["nat_port_map"] = False
+        return await create(cls, *args, **kwargs)
+
+    P2P.create = classmethod(create_private)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     # A child of a background job inherits SIGINT ignored (POSIX), and Python then installs no
     # KeyboardInterrupt handler; petals shuts down gracefully (announcing OFFLINE) only on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _die_with_parent()
+    # If our supervisor dies without stopping us (SIGKILL, a crashed test run), end our whole
+    # process group rather than live on as orphans holding ports. Under systemd the unit's
+    # cgroup is killed anyway; this covers the demo, the tests and hand-started servers.
+    from swarm.process import end_group_when_orphaned
+
+    end_group_when_orphaned()
 
     import swarm.compat  # noqa: F401  (must precede petals)
+
+    _private_p2p()
 
     module = importlib.import_module(ENTRY_POINTS[args[0]])
     if hasattr(module, "validate_version"):

@@ -3,9 +3,12 @@ process trees that leave nothing behind when stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +180,10 @@ def test_bootstrap_serve_status_and_clean_stop(tmp_path, tiny_model_dir):
             )
         for proc in procs[1:]:
             LineReader(proc.stderr).wait_for("ready: blocks", timeout=240)
+        # p2pd of the bootstrap and of both servers: no UPnP/NAT-PMP request to the router.
+        p2pds = p2pd_command_lines(marker)
+        assert len(p2pds) >= 3, p2pds
+        assert all("-natPortMap=0" in argv for argv in p2pds), p2pds
 
         trusted = ["--trusted-servers", *(s.peer_id for s in servers)]
         status = run_cli(["status", *common, *trusted, "--json"], cwd=tmp_path, env=env)
@@ -222,3 +229,103 @@ def test_demo_sigint_leaves_no_process(tmp_path, tiny_model_dir):
             demo.kill()
             demo.wait()
     wait_for(lambda: processes_with_marker(marker) == [], 10, "every demo process to be gone")
+
+
+def p2pd_command_lines(marker: str) -> list[list[str]]:
+    lines = []
+    for pid, _ in processes_with_marker(marker):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv and Path(argv[0].decode()).name == "p2pd":
+                lines.append([a.decode() for a in argv if a])
+    return lines
+
+
+def latest_record(initial_peers: list[str], uid: str, peer_id: str) -> tuple[int, float] | None:
+    """(state, expiration) of a server's latest record for one block, read with plain hivemind."""
+    from swarm.dht import open_dht
+
+    with open_dht(initial_peers) as dht:
+        found = dht.get(uid, latest=True)
+    if found is None or peer_id not in found.value:
+        return None
+    record = found.value[peer_id]
+    return record.value[0], record.expiration_time  # petals' ServerInfo tuple starts with state
+
+
+def test_a_server_restarted_after_a_crash_is_ready_only_once_it_announces_itself(
+    tmp_path, tiny_model_dir, local_swarm
+):
+    """systemd restarts a crashed server with the same identity while the dead process's ONLINE
+    record still lives (2 x update_period): readiness must come from the new process. Without
+    --log-file the server's log reaches our stderr (the journal); the supervisor's SIGKILL leaves
+    no orphans; p2pd maps no NAT port."""
+    from petals.data_structures import ServerState
+
+    from swarm.launch import record_lifetime
+
+    marker, env = new_marker_env()
+    ident = create_identity(tmp_path / "restart.id")
+    update_period = 30.0  # the dead process's record outlives the restart below
+    serve = [
+        *PETALCTL,
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--dht-prefix",
+        "restarttest",
+        "--initial-peers",
+        *local_swarm.initial_peers,
+        "--identity",
+        str(ident.path),
+        "--blocks",
+        "0:8",
+        "--torch-dtype",
+        "float32",
+        "--update-period",
+        str(update_period),
+    ]
+
+    def start() -> tuple[subprocess.Popen[str], LineReader]:
+        proc = subprocess.Popen(
+            serve, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        return proc, LineReader(proc.stderr)
+
+    first, log = start()
+    try:
+        log.wait_for("ready: blocks", timeout=240)
+        log.wait_for("private: no update check", timeout=1)  # the runner's log line, on stderr
+        p2pds = p2pd_command_lines(marker)
+        assert p2pds, "the server's p2pd should run"
+        assert all("-natPortMap=0" in argv for argv in p2pds), p2pds
+
+        first.kill()  # the supervisor crashes; its child notices and ends its own tree
+        first.wait(timeout=10)
+        wait_for(lambda: processes_with_marker(marker) == [], 30, "the orphaned server to end")
+        stale = latest_record(local_swarm.initial_peers, "restarttest.7", ident.peer_id)
+        assert stale is not None and stale[0] == ServerState.ONLINE.value, stale
+
+        restarted_at = time.time()
+        second, log = start()
+        try:
+            log.wait_for("ready: blocks", timeout=240)
+            state, expiration = latest_record(
+                local_swarm.initial_peers, "restarttest.7", ident.peer_id
+            ) or (None, 0.0)
+            assert state == ServerState.ONLINE.value
+            # Stored by the restarted process: it expires a lifetime after the restart or later.
+            assert expiration >= restarted_at + record_lifetime(update_period)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=60) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for pid, _ in processes_with_marker(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: processes_with_marker(marker) == [], 15, "every process to be gone")

@@ -12,6 +12,7 @@ from swarm.launch import (
     bootstrap_argv,
     model_num_blocks,
     parse_block_range,
+    record_lifetime,
     server_argv,
 )
 from swarm.localswarm import split_blocks
@@ -92,3 +93,10 @@ def test_split_blocks_covers_each_block_once(blocks, servers):
     ranges = split_blocks(blocks, servers)
     assert [b for r in ranges for b in r] == list(range(blocks))
     assert max(len(r) for r in ranges) - min(len(r) for r in ranges) <= 1
+
+
+def test_record_lifetime_follows_petals_expiration_formula():
+    from hivemind.utils.timed_storage import MAX_DHT_TIME_DISCREPANCY_SECONDS
+
+    assert record_lifetime(60.0) == 120.0  # petals: max(2 * update_period, discrepancy)
+    assert record_lifetime(0.5) == MAX_DHT_TIME_DISCREPANCY_SECONDS
