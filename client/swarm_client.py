@@ -149,13 +149,17 @@ class SwarmClient:
     def _warm_up(self, model: Any) -> None:
         """Fetch the trusted servers' route table now, so the first request does not wait for
         it, and fail here (SwarmUnavailable) if no trusted server serves the first block."""
-        try:
-            _ = model.transformer.h.sequence_manager.rpc_info
-        except Exception as exc:
-            failure = swarm_failure(exc)
-            if failure is None:
-                raise
-            raise SwarmUnavailable(f"cannot use the private swarm: {failure}") from exc
+        attempts = max(2, self.options.max_retries + 1)
+        for attempt in range(attempts):
+            try:
+                _ = model.transformer.h.sequence_manager.rpc_info
+                return
+            except Exception as exc:
+                failure = swarm_failure(exc)
+                if failure is None:
+                    raise
+                if attempt + 1 == attempts:  # each failure took that server off the table
+                    raise SwarmUnavailable(f"cannot use the private swarm: {failure}") from exc
 
     async def astart(self) -> SwarmClient:
         await asyncio.to_thread(self.start)
