@@ -191,9 +191,9 @@ class FailureTracker:
 class RouteFailed(Exception):
     """Opening a server session failed; ``peer_id`` is the server that did not answer."""
 
-    def __init__(self, peer_id: str, cause: BaseException) -> None:
-        super().__init__(f"{peer_id}: {cause!r}")
-        self.peer_id, self.cause = peer_id, cause
+    def __init__(self, peer_id: str, blocks: str, cause: BaseException) -> None:
+        super().__init__(f"{peer_id} (blocks {blocks}): {cause!r}")
+        self.peer_id, self.blocks, self.cause = peer_id, blocks, cause
 
 
 def missing_blocks_error(exc: BaseException, quarantined: Sequence[str]) -> GenerationFailed:

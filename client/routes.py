@@ -53,7 +53,7 @@ def open_route(session: Any, max_length: int) -> list[Any]:
                     )
                 )
             except Exception as exc:
-                raise RouteFailed(str(span.peer_id), exc) from exc
+                raise RouteFailed(str(span.peer_id), f"{span.start}:{span.end}", exc) from exc
             opened.append(server_session)
     except BaseException:
         abandon(opened)

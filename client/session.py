@@ -317,7 +317,7 @@ class SwarmSession:
             raise missing_blocks_error(exc, sorted(client.quarantine.peers)) from exc
         if peer is None and swarm_failure(cause) is None:
             return None
-        blocks = self._blocks_of(peer)
+        blocks = exc.blocks if isinstance(exc, RouteFailed) else self._blocks_of(peer)
         if peer is not None:
             client.quarantine_peer(peer, blocks)
         self.release()

@@ -88,6 +88,13 @@ def test_sse_stream_survives_a_crash(
     assert events[-1] == "data: [DONE]"
     assert "".join(pieces) == expected
     assert failover_client.recovery_metrics.recoveries_total > before
+    exposed = httpx.get(failover_gateway.url + "/metrics").text
+    recoveries = [
+        float(line.split()[1])
+        for line in exposed.splitlines()
+        if line.startswith("petals_client_recoveries_total ")
+    ]
+    assert recoveries and recoveries[0] > before  # the gateway's /metrics shows the recovery
 
 
 def test_websocket_session_survives_a_crash(
