@@ -42,7 +42,13 @@ def replicated(swarm_factory: SwarmFactory) -> LocalSwarm:
 def failover_engine(replicated: LocalSwarm) -> Iterator[ClientEngine]:
     settings = replicated.settings()
     with SwarmClient(settings, ClientSettings(**FAILOVER_SETTINGS)) as client:
-        yield ClientEngine(settings, stop_sequences=STOP_SEQUENCES, client=client)
+        # min_new_tokens: the answer runs long enough to be crashed into mid-stream
+        yield ClientEngine(
+            settings,
+            stop_sequences=STOP_SEQUENCES,
+            client=client,
+            extra_params={"min_new_tokens": MAX_NEW},
+        )
 
 
 async def test_bot_answer_survives_a_crashed_server(
@@ -65,7 +71,11 @@ async def test_bot_answer_survives_a_crashed_server(
             def streaming() -> set[str] | None:
                 replies = bot_reply_to(fake, asked)
                 texts = (
-                    [r for r in fake.revisions_of(int(replies[0]["id"])) if "🧠" not in r.content]
+                    [
+                        r
+                        for r in fake.revisions_of(int(replies[0]["id"]))
+                        if not r.content.startswith("🧠")
+                    ]
                     if replies
                     else []
                 )
@@ -85,6 +95,6 @@ async def test_bot_answer_survives_a_crashed_server(
         await asyncio.to_thread(heal, replicated)
     assert killed
     assert client.recovery_metrics.recoveries_total > before
-    params = GenerationParams(max_new_tokens=MAX_NEW, stop=STOP_SEQUENCES)
+    params = GenerationParams(max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, stop=STOP_SEQUENCES)
     expected = await client.agenerate(engine.prompts[0], params)
     assert answer_text(reply["content"]) == expected.text.strip()
