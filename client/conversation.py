@@ -5,8 +5,15 @@ when prompt plus answer would not fit; never the system prompt). When the tokens
 extend what the conversation's inference session already holds, only the new tokens are sent:
 the servers still have the attention cache of the earlier turns, which saves the prefill and
 the connection setup (measured on the loopback swarm: ~0.02 s instead of ~0.07 s to the first
-token). Otherwise (trimmed, edited system prompt, idle too long, cancelled) a fresh session is
+token). Otherwise (trimmed, edited system prompt, outgrown, cancelled) a fresh session is
 opened.
+
+Sessions are sized to use, not to the context window: a turn reserves prompt + max_new_tokens
+rounded up to ``session_reserve_quantum`` on every server of its route, so a server's attention
+cache holds many conversations (a full-window reservation of a 131072-token model would not fit
+even once in Petals' default cache). The price: a conversation that outgrows its reservation
+pays one prefill of its history in a larger session, and an idle one (``session_idle_timeout``)
+pays one prefill on its next turn, after its cache went back to the servers.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from client.errors import ClientStateError
+from client.failover import round_up_reservation
 from client.params import GenerationParams
 from client.session import SwarmSession
 from client.streams import AsyncGenerationStream, CancelToken, Emit, GenerationStream, StreamStats
@@ -129,9 +137,14 @@ class Conversation:
             new_ids = ids[len(session.token_ids) :]
         else:
             self._close_session()
-            # Room for later turns only when they may continue this session.
-            room = client.context_window if client.options.reuse_sessions else None
-            session = client.open_session(room or len(ids) + params.max_new_tokens)
+            # Reserve what this turn needs, rounded up so that a few later turns may continue
+            # the session; a longer conversation re-opens a larger one (and replays).
+            need = len(ids) + params.max_new_tokens
+            if client.options.reuse_sessions:
+                need = round_up_reservation(
+                    need, client.options.session_reserve_quantum, client.context_window
+                )
+            session = client.open_session(need)
             self._session = session
             new_ids = ids
         self._turns.append(question)

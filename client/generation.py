@@ -31,7 +31,10 @@ class GenerationResult:
 
 
 @dataclass
-class _StreamState:
+class StreamState:
+    """What a generation has produced so far; survives a recovery (a new attempt continues it,
+    so no text is emitted twice and the timings keep their origin)."""
+
     tokenizer: Any
     on_text: TextCallback | None
     stop_sequences: Sequence[str]
@@ -42,6 +45,10 @@ class _StreamState:
     emitted: str = ""
     stop_reason: str | None = None
     seen_prompt: bool = False
+    last_token_at: float | None = None
+    resumed_from: float | None = None  # set by a recovery: the next token ends a stall
+    stalls: list[float] = field(default_factory=list)  # seconds without tokens at recoveries
+    on_token: Callable[[], None] | None = None  # after every generated token
 
     def visible_text(self) -> str:
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
@@ -57,8 +64,15 @@ class _StreamState:
         if not self.seen_prompt:  # transformers hands the prompt to the streamer first
             self.seen_prompt = True
             return
+        now = time.perf_counter()
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = now
+        if self.resumed_from is not None:
+            self.stalls.append(now - self.resumed_from)
+            self.resumed_from = None
+        self.last_token_at = now
+        if self.on_token is not None:
+            self.on_token()
         self.token_ids.extend(ids)
         if self.stop_reason is not None:
             return
@@ -94,6 +108,7 @@ def stream_generate(
     should_cancel: Callable[[], bool] | None = None,
     session: Any = None,
     started_at: float | None = None,
+    state: StreamState | None = None,
     **generate_kwargs: Any,
 ) -> GenerationResult:
     """Generate up to ``max_new_tokens``, calling ``on_text`` with each new piece of text.
@@ -101,24 +116,30 @@ def stream_generate(
     ``started_at`` (a ``time.perf_counter()`` value) moves the origin of the timings back to when
     the caller accepted the request, so queueing and session setup count towards the first token.
     ``eos_token_id`` may be a list (e.g. Llama-3's end of turn besides end of text).
+    ``state`` continues an interrupted generation: ``input_ids`` then end with the tokens it
+    already produced, and ``max_new_tokens`` counts only the tokens still to come.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
 
-    state = _StreamState(tokenizer, on_text, tuple(stop_sequences), should_cancel)
-    if started_at is not None:
-        state.started = started_at
+    if state is None:
+        state = StreamState(tokenizer, on_text, tuple(stop_sequences), should_cancel)
+        if started_at is not None:
+            state.started = started_at
+    state.seen_prompt = False  # each attempt hands its prompt to the streamer first
+
+    current = state
 
     class _Streamer(BaseStreamer):
         def put(self, value: Any) -> None:
-            state.put(value)
+            current.put(value)
 
         def end(self) -> None:
-            state.end()
+            current.end()
 
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-            return state.stop_reason is not None
+            return current.stop_reason is not None
 
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,

@@ -25,7 +25,33 @@ class ClientSettings(KitSettings):
         "llama2, llama3 or stablebeluga",
     )
     max_retries: int = Field(
-        3, ge=1, le=100, description="attempts per server step before a request fails"
+        3,
+        ge=1,
+        le=100,
+        description="recoveries per request: after a failed step the failing server is "
+        "quarantined, a new route opened and the text so far replayed (petals' own retries are "
+        "off: its replay is broken, petals issue #587)",
+    )
+    recovery_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds from a request's first failure after which it fails instead of "
+        "recovering again",
+    )
+    step_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="seconds a server may take for a session's first step of a turn (the "
+        "prefill of the prompt); a slower (hung) server counts as failed",
+    )
+    token_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="seconds a server may take for a one-token step after the prefill; a slower "
+        "(hung or crashed) server counts as failed. This bounds the stall a crash causes",
     )
     connect_timeout: float = Field(
         5.0, gt=0, le=120, description="seconds to open a connection to a server"
@@ -48,6 +74,21 @@ class ClientSettings(KitSettings):
         240.0,
         gt=0,
         le=3600,
-        description="seconds after which an idle conversation's session is reopened instead of "
-        "continued (petals servers drop sessions idle for 300 s by default)",
+        description="seconds after which an idle session's server-side attention cache is "
+        "released; its next turn reopens it and replays the history (petals servers drop "
+        "sessions idle for 300 s by default)",
+    )
+    session_reserve_quantum: int = Field(
+        256,
+        ge=1,
+        le=131072,
+        description="a session reserves prompt + max_new_tokens rounded up to a multiple of "
+        "this (not the whole context window); a longer conversation re-opens a larger one",
+    )
+    capacity_wait_timeout: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="seconds a request waits, queued, while the servers' attention caches are "
+        "full, before it fails",
     )

@@ -58,6 +58,9 @@ class StreamStats:
     stop_reason: StopReason
     trimmed_messages: int = 0  # old turns left out to fit the context window
     reused_session: bool = False  # continued an open inference session (no prefill of history)
+    recoveries: int = 0  # failed servers routed around during this answer
+    stall_s: tuple[float, ...] = ()  # per recovery: seconds between the tokens around it
+    capacity_wait_s: float = 0.0  # seconds queued while the servers' attention caches were full
 
     @property
     def tokens_per_second(self) -> float | None:

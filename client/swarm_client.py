@@ -16,7 +16,10 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 
 from client.conversation import Conversation
 from client.errors import ClientStateError, PromptTooLong
+from client.failover import FailureTracker, PeerQuarantine, RecoveryMetrics
 from client.params import GenerationParams
 from client.session import SwarmSession, swarm_failure
 from client.settings import ClientSettings
@@ -41,6 +45,7 @@ from swarm.errors import SwarmUnavailable
 from swarm.swarm_settings import SwarmSettings
 
 Prompt = str | Sequence[Message]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,12 @@ class SwarmClient:
         self._closing = threading.Event()
         self._running = 0
         self._idle = threading.Condition()
+        self.quarantine = PeerQuarantine()
+        self.recovery_metrics = RecoveryMetrics()
+        self._failures: FailureTracker | None = None
+        self._quarantine_checked = 0.0
+        self._sessions: weakref.WeakSet[SwarmSession] = weakref.WeakSet()
+        self._reaper: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> SwarmClient:
@@ -102,10 +113,15 @@ class SwarmClient:
                     open_distributed_model(
                         self.swarm,
                         show_route=False,
-                        max_retries=self.options.max_retries,
+                        # Petals' own retry replays history and breaks (issue #587): one attempt,
+                        # then the kit recovers (client/failover.py).
+                        max_retries=1,
                         connect_timeout=self.options.connect_timeout,
                     )
                 )
+                manager = model.transformer.h.sequence_manager
+                manager.config.request_timeout = self.options.step_timeout
+                failures = FailureTracker(manager)
                 # After the model: its DHT forks a process, and a tokenizer used before a fork
                 # disables its own parallelism with a warning.
                 tokenizer = AutoTokenizer.from_pretrained(self.swarm.model)
@@ -123,18 +139,27 @@ class SwarmClient:
             self._context_window = min(limit, self.options.context_window or limit)
             self._template, self._eos_ids = template, eos
             self._stack, self._model, self._tokenizer = stack, model, tokenizer
+            self._failures = failures
+            self._reaper = threading.Thread(
+                target=self._release_idle_sessions, name="petals-session-reaper", daemon=True
+            )
+            self._reaper.start()
             return self
 
     def _warm_up(self, model: Any) -> None:
         """Fetch the trusted servers' route table now, so the first request does not wait for
         it, and fail here (SwarmUnavailable) if no trusted server serves the first block."""
-        try:
-            _ = model.transformer.h.sequence_manager.rpc_info
-        except Exception as exc:
-            failure = swarm_failure(exc)
-            if failure is None:
-                raise
-            raise SwarmUnavailable(f"cannot use the private swarm: {failure}") from exc
+        attempts = max(2, self.options.max_retries + 1)
+        for attempt in range(attempts):
+            try:
+                _ = model.transformer.h.sequence_manager.rpc_info
+                return
+            except Exception as exc:
+                failure = swarm_failure(exc)
+                if failure is None:
+                    raise
+                if attempt + 1 == attempts:  # each failure took that server off the table
+                    raise SwarmUnavailable(f"cannot use the private swarm: {failure}") from exc
 
     async def astart(self) -> SwarmClient:
         await asyncio.to_thread(self.start)
@@ -310,7 +335,8 @@ class SwarmClient:
         return Conversation(self, system)
 
     def open_session(self, max_length: int) -> SwarmSession:
-        """An inference session for up to ``max_length`` tokens, continued across calls."""
+        """An inference session for up to ``max_length`` tokens, continued across calls; its
+        servers' cache is released after ``session_idle_timeout`` and replayed on next use."""
         self._require()
         return SwarmSession(self, max_length)
 
@@ -356,6 +382,60 @@ class SwarmClient:
             with self._idle:
                 self._running -= 1
                 self._idle.notify_all()
+
+    def track_session(self, session: SwarmSession) -> None:
+        """Sessions are watched by the idle reaper (weakly: a dropped one is just forgotten)."""
+        self._sessions.add(session)
+
+    @property
+    def failures(self) -> FailureTracker:
+        self._require()
+        assert self._failures is not None
+        return self._failures
+
+    def quarantine_peer(self, peer_id: str, blocks: str) -> None:
+        """Keep a failed server off every new route until it announces itself again."""
+        from client.routes import apply_blocklist, record_expirations
+
+        manager = self.model.transformer.h.sequence_manager
+        seen = record_expirations(manager.dht, list(manager.block_uids), frozenset([peer_id]))
+        if self.quarantine.add(peer_id, blocks, seen.get(peer_id)):
+            self.recovery_metrics.quarantined()
+            logger.warning(
+                "server %s (blocks %s) failed: kept off new routes until it announces again",
+                peer_id,
+                blocks,
+            )
+        apply_blocklist(manager, self.quarantine.peers)
+
+    def refresh_quarantine(self, min_interval: float = 1.0) -> None:
+        """Readmit quarantined servers that announced themselves again (reads the DHT, at most
+        once per ``min_interval`` seconds, and only while some server is quarantined)."""
+        if not len(self.quarantine) or time.monotonic() - self._quarantine_checked < min_interval:
+            return
+        from client.routes import apply_blocklist, record_expirations
+
+        self._quarantine_checked = time.monotonic()
+        manager = self.model.transformer.h.sequence_manager
+        latest = record_expirations(manager.dht, list(manager.block_uids), self.quarantine.peers)
+        back = self.quarantine.readmit(latest)
+        if back:
+            logger.info("servers announced again, back on routes: %s", ", ".join(back))
+            apply_blocklist(manager, self.quarantine.peers)
+
+    def _release_idle_sessions(self) -> None:
+        """Free the servers' cache of sessions idle longer than ``session_idle_timeout`` (the
+        next turn replays); runs in a daemon thread until close()."""
+        timeout = self.options.session_idle_timeout
+        while not self._closing.wait(min(5.0, timeout / 4)):
+            for session in list(self._sessions):
+                if session.closed or time.monotonic() - session.last_used < timeout:
+                    continue
+                if session._lock.acquire(blocking=False):  # not while it answers
+                    try:
+                        session.release()
+                    finally:
+                        session._lock.release()
 
     def new_petals_session(self, max_length: int) -> Any:
         """A petals InferenceSession (it connects to the servers on its first step). Made

@@ -7,7 +7,10 @@ block announced ONLINE by a trusted server), and ``stop()`` reaps every process 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +57,7 @@ class ServerHandle:
     trusted: bool
     process: ManagedProcess
     port: int
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class LocalSwarm:
     quant_type: str = "none"  # none, int8 or nf4 (bitsandbytes quantizes on CPU too)
     throughput: float = 10.0
     update_period: float = 10.0
+    attn_cache_tokens: int | None = None  # per server (petals' default when None)
     progress: Progress | None = None
     bootstrap: ManagedProcess | None = None
     bootstrap_identity: Identity | None = None
@@ -152,19 +157,24 @@ class LocalSwarm:
             throughput=self.throughput,
             public_name=public_name or name,
             update_period=self.update_period,
+            attn_cache_tokens=self.attn_cache_tokens,
         )
         self._say(f"starting {name} for blocks {blocks} on {self.host}:{port}")
         process = start_server(name, argv, self.model, log_path=self.workdir / f"{name}.log")
-        handle = ServerHandle(name, identity, blocks, trusted, process, port)
+        handle = ServerHandle(name, identity, blocks, trusted, process, port, argv)
         self.servers.append(handle)
         return handle
 
-    def start(self, num_servers: int = 2, *, timeout: float = 180.0) -> LocalSwarm:
-        """Bootstrap + ``num_servers`` trusted servers splitting the blocks; wait until served."""
+    def start(
+        self, num_servers: int = 2, *, replication: int = 1, timeout: float = 180.0
+    ) -> LocalSwarm:
+        """Bootstrap + ``num_servers`` trusted servers splitting the blocks, each range served
+        by ``replication`` servers (so ``num_servers * replication`` in all); wait until served."""
         try:
             self.start_bootstrap()
-            for blocks in split_blocks(self.num_blocks, num_servers):
-                self.add_server(blocks)
+            for _ in range(replication):
+                for blocks in split_blocks(self.num_blocks, num_servers):
+                    self.add_server(blocks)
             self.wait_until_served(timeout=timeout)
         except BaseException:
             self.stop()
@@ -217,6 +227,30 @@ class LocalSwarm:
         with open_dht(self.initial_peers) as dht:
             return read_announcements(dht, self.dht_prefix, self.num_blocks)
 
+    # -- failures, for tests and benchmarks ------------------------------------------------------
+    def kill_server(self, handle: ServerHandle) -> None:
+        """Crash a server: SIGKILL to its whole tree (no OFFLINE announcement; its DHT record
+        lingers until it expires). The handle stays, for ``restart_server``."""
+        handle.process.kill()
+
+    def pause_server(self, handle: ServerHandle) -> None:
+        """Hang a server (SIGSTOP to its whole tree, p2pd included), like a wedged GPU."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.process.pid, signal.SIGSTOP)
+
+    def resume_server(self, handle: ServerHandle) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.process.pid, signal.SIGCONT)
+
+    def restart_server(self, handle: ServerHandle) -> ServerHandle:
+        """Start a crashed server again with the same identity, blocks and port (not waiting)."""
+        if handle.process.is_running():
+            raise ProcessError(f"{handle.name} is still running; kill or stop it first")
+        handle.process = start_server(
+            handle.name, handle.argv, self.model, log_path=self.workdir / f"{handle.name}.log"
+        )
+        return handle
+
     def stop_server(self, handle: ServerHandle) -> None:
         handle.process.stop()
         self.servers.remove(handle)
@@ -226,6 +260,8 @@ class LocalSwarm:
         if self.servers:
             self._say(f"stopping {len(self.servers)} server(s)")
         for handle in self.servers:  # all at once: each needs a moment to announce OFFLINE
+            if handle.process.is_running():
+                self.resume_server(handle)  # a paused tree would never see the signal
             handle.process.request_stop()
         for handle in self.servers:
             handle.process.stop()

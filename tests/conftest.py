@@ -52,16 +52,17 @@ SwarmFactory = Callable[..., LocalSwarm]
 def swarm_factory(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[SwarmFactory]:
-    """Start a private swarm: ``swarm_factory(num_servers=2, dht_prefix=...)``; stopped at the end
+    """Start a private swarm: ``swarm_factory(num_servers=2, replication=1, dht_prefix=...)``
+    (``replication`` servers per block range); stopped at the end
     of the session (or earlier by the test, with ``swarm.stop()``)."""
     started: list[tuple[LocalSwarm, list[int]]] = []
 
-    def make(num_servers: int = 2, **kwargs: object) -> LocalSwarm:
+    def make(num_servers: int = 2, replication: int = 1, **kwargs: object) -> LocalSwarm:
         workdir = tmp_path_factory.mktemp("swarm")
         swarm = LocalSwarm(model=str(tiny_model_dir), workdir=workdir, **kwargs)  # type: ignore[arg-type]
         entry: tuple[LocalSwarm, list[int]] = (swarm, [])
         started.append(entry)
-        swarm.start(num_servers)
+        swarm.start(num_servers, replication=replication)
         entry[1].extend(p.pid for p in swarm.processes())
         return swarm
 

@@ -25,6 +25,7 @@ from client.gateway.service import ClientGone, GatewayService
 from client.gateway.settings import GatewaySettings
 from client.gateway.tokens import TokenStore
 from client.params import describe_errors
+from client.recovery_metrics import register_recovery_metrics
 from client.settings import ClientSettings
 from client.swarm_client import SwarmClient
 from swarm.errors import ConfigError
@@ -98,6 +99,7 @@ def create_app(
     if client is None:
         client = SwarmClient(swarm or SwarmSettings.load(), client_settings)
     metrics = GatewayMetrics()
+    register_recovery_metrics(metrics.registry, client)  # failover counters (client/failover.py)
     service = GatewayService(settings, client, tokens, metrics)
 
     @asynccontextmanager

@@ -125,3 +125,66 @@ def inference_sessions(swarm: LocalSwarm, peer_suffix: str) -> dict[str, tuple[i
 def client_peer_suffix(client: SwarmClient) -> str:
     peer_id = client.model.transformer.h.sequence_manager.state.p2p.peer_id
     return str(peer_id)[-6:]
+
+
+# -- failover: a replicated swarm (two servers per block range) and a client on it ----------------
+FAILOVER_SETTINGS = {
+    "step_timeout": 10.0,
+    "token_timeout": 3.0,
+    "max_retries": 5,
+    "recovery_timeout": 60.0,
+}
+
+
+@pytest.fixture(scope="session")
+def replicated_swarm(swarm_factory: Callable[..., LocalSwarm]) -> LocalSwarm:
+    """Four servers of the tiny model: blocks 0:4 on server1 and server3, 4:8 on server2 and
+    server4. Tests may kill or pause servers but must ``heal()`` it before they end."""
+    return swarm_factory(num_servers=2, replication=2, dht_prefix="tinyrep")
+
+
+@pytest.fixture(scope="session")
+def failover_client(replicated_swarm: LocalSwarm) -> Iterator[SwarmClient]:
+    with SwarmClient(replicated_swarm.settings(), ClientSettings(**FAILOVER_SETTINGS)) as client:
+        yield client
+
+
+def heal(swarm: LocalSwarm) -> None:
+    """Resume paused servers, restart crashed ones (same identity and port) and wait until
+    each restarted one has announced itself ONLINE again (a crashed server's old ONLINE record
+    lingers, so its expiration must grow first)."""
+    from client.routes import record_expirations
+    from swarm.dht import open_dht, read_announcements
+
+    for handle in swarm.servers:
+        swarm.resume_server(handle)
+    crashed = [h for h in swarm.servers if not h.process.is_running()]
+    if not crashed:
+        return
+    uids = [f"{swarm.dht_prefix}.{i}" for i in range(swarm.num_blocks)]
+    peers = frozenset(h.identity.peer_id for h in crashed)
+    with open_dht(swarm.initial_peers) as dht:
+        before = record_expirations(dht, uids, peers)
+        for handle in crashed:
+            swarm.restart_server(handle)
+
+        def announced_again() -> bool:
+            now = record_expirations(dht, uids, peers)
+            online = {
+                r.peer_id
+                for r in read_announcements(dht, swarm.dht_prefix, swarm.num_blocks)
+                if r.state == "online"
+            }
+            return all(now.get(p, 0.0) > before.get(p, 0.0) and p in online for p in peers)
+
+        poll(announced_again, 180, "the restarted servers to announce ONLINE", every=0.5)
+
+
+def route_peers(client: SwarmClient) -> set[str]:
+    """PeerIDs of the servers on the routes of the client's open sessions."""
+    peers = set()
+    for session in list(client._sessions):
+        petals_session = session._session
+        for span in getattr(petals_session, "_server_sessions", ()) or ():
+            peers.add(str(span.span.peer_id))
+    return peers
