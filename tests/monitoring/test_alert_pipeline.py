@@ -212,3 +212,13 @@ def _watch_the_gap(sink: Sink, health: contextlib.ExitStack, am_url: str, prom_u
     assert up == [], "the gap is real: no coverage series at all"
     assert sink.notifications("PetalsBlockUncovered", "resolved") == []
     assert len(sink.notifications("Watchdog", "firing")) > 3  # still alive through the gap
+
+
+def test_the_committed_config_sends_watchdog_to_the_bot_every_minute():
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    route = next(r for r in config["route"]["routes"] if r["matchers"] == ['alertname="Watchdog"'])
+    receivers = {r["name"]: r for r in config["receivers"]}
+    urls = {hook["url"] for hook in receivers[route["receiver"]]["webhook_configs"]}
+    main = {hook["url"] for hook in receivers[config["route"]["receiver"]]["webhook_configs"]}
+    assert urls == main and all(url.endswith(BOT_PATH) for url in urls)
+    assert route["repeat_interval"] == "1m" and route["group_interval"] == "1m"
