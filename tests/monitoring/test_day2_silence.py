@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.monitoring.conftest import REPO
-from tests.monitoring.procs import wait_until
+from tests.monitoring.procs import free_port, wait_until
 from tests.monitoring.test_alert_pipeline import Sink, alertmanager, sink  # noqa: F401
 
 pytestmark = pytest.mark.monitoring
@@ -25,7 +25,7 @@ PLAYBOOKS = REPO / "playbooks"
 DEFAULTS = PLAYBOOKS / "roles" / "petals_day2" / "defaults" / "main.yml"
 
 
-def run_role_tasks(tmp_path: Path, tasks_from: str, **extra: str) -> None:
+def run_role_tasks(tmp_path: Path, tasks_from: str, **extra: str) -> str:
     playbook = tmp_path / f"{tasks_from}.yml"
     playbook.write_text(
         yaml.safe_dump(
@@ -61,6 +61,7 @@ def run_role_tasks(tmp_path: Path, tasks_from: str, **extra: str) -> None:
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"), "ANSIBLE_NOCOLOR": "1"}
     result = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
 
 
 def post_alert(url: str, name: str) -> None:
@@ -116,3 +117,11 @@ def test_the_day2_silence_holds_expected_alerts_and_is_removed_after(
             timeout=20,
             what="PetalsBlockUncovered to page again once the silence is gone",
         )
+
+
+def test_an_alertmanager_that_does_not_answer_does_not_stop_the_run(tmp_path: Path):
+    # Nothing listens there: nothing can page either, so the restart goes on, with a warning.
+    url = f"http://127.0.0.1:{free_port()}"
+    out = run_role_tasks(tmp_path, "silence", petals_day2_alertmanager_url=url)
+    assert "did not take the silence" in out
+    run_role_tasks(tmp_path, "unsilence", petals_day2_alertmanager_url=url)
