@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.snapshot import SwarmSnapshot, coverage_ratio
+from monitoring.snapshot import BootstrapRecord, SwarmSnapshot, coverage_ratio
 from tests.monitoring.conftest import MONITORING, Service, _service
 from tests.monitoring.procs import free_port, http_ok, managed_process, require_binary, wait_until
 from tests.monitoring.promql import dashboard_exprs, fill_variables, metric_names
@@ -30,28 +30,42 @@ DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 TRUSTED = (peer("gpu-a"), peer("gpu-b"), peer("gpu-c"))
 
 
+def seen_through_the_dht(snap: SwarmSnapshot) -> SwarmSnapshot:
+    """As the collector reads it: one bootstrap peer answering, some DHT peers connected."""
+    boot = peer("bootstrap")
+    record = BootstrapRecord(
+        address=f"/ip4/127.0.0.1/tcp/31337/p2p/{boot}", peer_id=boot, reachable=True, rtt_s=0.002
+    )
+    servers = tuple(s.model_copy(update={"rtt_s": 0.003}) for s in snap.servers)
+    return snap.model_copy(update={"bootstraps": (record,), "dht_peers": 3, "servers": servers})
+
+
 def healthy() -> SwarmSnapshot:
-    return snapshot(
+    return seen_through_the_dht(snapshot(
         server("gpu-a", 0, 8), server("gpu-b", 0, 4), server("gpu-c", 4, 8),
         replication_target=2, trusted=TRUSTED,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def thin() -> SwarmSnapshot:
     """Every block served, some by one server only; gpu-c is gone."""
-    return snapshot(
-        server("gpu-a", 0, 8), server("gpu-b", 0, 4), replication_target=2, trusted=TRUSTED
+    return seen_through_the_dht(
+        snapshot(
+            server("gpu-a", 0, 8), server("gpu-b", 0, 4), replication_target=2, trusted=TRUSTED
+        )
     )
 
 
 def broken() -> SwarmSnapshot:
     """Blocks 6-7 uncovered, gpu-b joining, gpu-c gone, an intruder announcing everything."""
-    return snapshot(
-        server("gpu-a", 0, 6),
-        server("gpu-b", 4, 8, state="joining"),
-        server("mallory", 0, 8, trusted=False),
-        replication_target=2,
-        trusted=TRUSTED,
+    return seen_through_the_dht(
+        snapshot(
+            server("gpu-a", 0, 6),
+            server("gpu-b", 4, 8, state="joining"),
+            server("mallory", 0, 8, trusted=False),
+            replication_target=2,
+            trusted=TRUSTED,
+        )
     )
 
 
