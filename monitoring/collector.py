@@ -4,8 +4,13 @@ One client-mode DHT (a child process plus a p2pd) lives as long as the service; 
 shuts it down and the next read joins the swarm again. Reachability is checked inside the swarm:
 every server that announces itself ONLINE is pinged through that DHT's own p2p connection (petals'
 ``rpc_ping``), and one that does not answer within the timeout is reported "unreachable" — no
-outside service is asked. ``build_snapshot`` is the pure part: records and round-trip times in,
-snapshot out.
+outside service is asked. Each configured bootstrap peer gets a DHT ping of its own.
+
+A read that reaches neither a bootstrap peer nor an online server has not seen the swarm: an
+empty answer from a DHT that lost all its peers looks exactly like "no servers". Such a read fails
+(the service reports itself not-up instead of "every block uncovered") and drops the DHT client, so
+the next read joins the swarm again and notices by itself when the peers come back.
+``build_snapshot`` is the pure part: records and round-trip times in, snapshot out.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from monitoring.snapshot import ServerRecord, ServerState, SwarmSnapshot
+from monitoring.snapshot import BootstrapRecord, ServerRecord, ServerState, SwarmSnapshot
 from swarm.coverage import ServerAnnouncement
 from swarm.errors import SwarmUnavailable
 
@@ -58,6 +63,7 @@ def server_record(
     if state == "online" and rtt_s is not None and math.isinf(rtt_s):
         state = "unreachable"
     cache = announcement.cache_tokens_left
+    answered = rtt_s is not None and not math.isinf(rtt_s) and rtt_s >= 0
     return ServerRecord(
         peer_id=announcement.peer_id,
         public_name=announcement.public_name,
@@ -74,6 +80,7 @@ def server_record(
         quant_type=announcement.quant_type,
         using_relay=announcement.using_relay,
         trusted=trusted,
+        rtt_s=rtt_s if answered else None,
     )
 
 
@@ -92,6 +99,8 @@ def build_snapshot(
     trusted_peer_ids: Sequence[str],
     taken_at: float,
     refresh_seconds: float,
+    bootstraps: Sequence[BootstrapRecord] = (),
+    dht_peers: int | None = None,
 ) -> SwarmSnapshot:
     """A snapshot from one read of the DHT (pure). ``rtts`` maps pinged PeerIDs to round trips
     in seconds, ``math.inf`` for no answer; records with an impossible block span are dropped."""
@@ -122,7 +131,82 @@ def build_snapshot(
         servers=tuple(servers),
         taken_at=taken_at,
         refresh_seconds=refresh_seconds,
+        bootstraps=tuple(bootstraps),
+        dht_peers=dht_peers,
     )
+
+
+def bootstrap_records(
+    initial_peers: Sequence[str], rtts: Mapping[str, float]
+) -> list[BootstrapRecord]:
+    """One record per configured bootstrap multiaddr; ``rtts`` maps PeerIDs to round trips
+    (``math.inf`` or missing: no answer)."""
+    records = []
+    for address in initial_peers:
+        peer_id = peer_id_of(address)
+        rtt = rtts.get(peer_id, math.inf)
+        reachable = not math.isinf(rtt) and rtt >= 0
+        records.append(
+            BootstrapRecord(
+                address=address,
+                peer_id=peer_id,
+                reachable=reachable,
+                rtt_s=rtt if reachable else None,
+            )
+        )
+    return records
+
+
+def peer_id_of(address: str) -> str:
+    """The PeerID a multiaddr ends with (``/ip4/.../tcp/N/p2p/<PeerID>``)."""
+    return address.rstrip("/").rsplit("/p2p/", 1)[-1]
+
+
+def sees_swarm(snapshot: SwarmSnapshot) -> bool:
+    """Whether a read reached the swarm at all: a bootstrap peer answered, or a server announced
+    online answered its ping. Without either, "no servers" is what a cut-off client sees too."""
+    return any(b.reachable for b in snapshot.bootstraps) or any(
+        s.state == "online" for s in snapshot.servers
+    )
+
+
+async def _ping_bootstraps_and_count_peers(
+    peer_ids: Sequence[str], timeout_s: float, dht: Any, node: Any
+) -> tuple[dict[str, float], int]:
+    # Runs inside the DHT's process (hence module level and picklable). A DHT ping is what a
+    # bootstrap peer answers: it runs no petals server, so petals' rpc_ping would not fit.
+    import asyncio
+
+    from hivemind.p2p import PeerID
+
+    async def ping(peer: str) -> float:
+        started = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(
+                node.protocol.call_ping(PeerID.from_base58(peer), validate=False, strict=False),
+                timeout_s,
+            )
+        except Exception:  # timeouts, refused dials, a bad PeerID: all mean "did not answer"
+            return math.inf
+        return time.monotonic() - started if answer is not None else math.inf
+
+    rtts = await asyncio.gather(*(ping(peer) for peer in peer_ids))
+    peers = await node.p2p.list_peers()
+    return dict(zip(peer_ids, rtts, strict=True)), len(peers)
+
+
+def ping_bootstraps(
+    dht: DHT, initial_peers: Sequence[str], timeout_s: float
+) -> tuple[dict[str, float], int]:
+    """DHT-ping each bootstrap peer; returns round trips per PeerID (``math.inf``: no answer) and
+    how many peers the DHT client's p2p is connected to."""
+    peer_ids = [peer_id_of(address) for address in initial_peers]
+    future = dht.run_coroutine(
+        functools.partial(_ping_bootstraps_and_count_peers, peer_ids, timeout_s),
+        return_future=True,
+    )
+    result: tuple[dict[str, float], int] = future.result(timeout=timeout_s + 10)
+    return result
 
 
 def ping_servers(dht: DHT, peer_ids: Sequence[str], timeout_s: float) -> dict[str, float]:
@@ -195,21 +279,34 @@ class DhtCollector:
                 records = read_announcements(dht, self._dht_prefix, self._num_blocks)
                 online = [r.peer_id for r in records if r.state == "online"]
                 rtts = ping_servers(dht, online, self._reachability_timeout_s)
+                boot_rtts, peers = ping_bootstraps(
+                    dht, self._initial_peers, self._reachability_timeout_s
+                )
+                snapshot = build_snapshot(
+                    records,
+                    rtts,
+                    model=self._model,
+                    dht_prefix=self._dht_prefix,
+                    num_blocks=self._num_blocks,
+                    replication_target=self._replication_target,
+                    trusted_peer_ids=self._trusted,
+                    taken_at=time.time(),
+                    refresh_seconds=time.monotonic() - started,
+                    bootstraps=bootstrap_records(self._initial_peers, boot_rtts),
+                    dht_peers=peers,
+                )
+                if not sees_swarm(snapshot):
+                    raise SwarmUnavailable(
+                        f"the DHT client reached no bootstrap peer ({len(self._initial_peers)} "
+                        f"configured) and no online server ({peers} p2p peers connected); "
+                        "joining again on the next read"
+                    )
             except BaseException:
-                # A broken DHT (dead process, lost p2pd) would fail every later read too.
+                # A broken or cut-off DHT (dead process, lost p2pd, every peer gone) would fail
+                # or read empty forever: the next read joins the swarm afresh.
                 self._disconnect()
                 raise
-            return build_snapshot(
-                records,
-                rtts,
-                model=self._model,
-                dht_prefix=self._dht_prefix,
-                num_blocks=self._num_blocks,
-                replication_target=self._replication_target,
-                trusted_peer_ids=self._trusted,
-                taken_at=time.time(),
-                refresh_seconds=time.monotonic() - started,
-            )
+            return snapshot
 
     def _connected(self) -> Any:
         if self._closed:

@@ -71,6 +71,7 @@ class ProbeStatus:
     last_failure_at: float | None = None
     last_failure_reason: ProbeFailureReason | None = None
     last_failure_detail: str | None = None
+    in_progress_since: float | None = None  # start of the generation under way, if any
 
 
 class SwarmCollector(Collector):
@@ -91,6 +92,10 @@ class SwarmCollector(Collector):
         yield from self._collector_families(status)
         if status.snapshot is not None:
             yield from swarm_families(status.snapshot)
+            if status.last_ok:
+                # What the last read saw of the DHT itself; after a failed read it is unknown,
+                # and petals_collector_up says so.
+                yield from dht_families(status.snapshot)
 
     def _collector_families(self, status: RefreshStatus) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -131,6 +136,44 @@ class SwarmCollector(Collector):
             )
             duration.add_metric([self._model], status.last_duration_s)
             yield duration
+
+
+def dht_families(snap: swarm.SwarmSnapshot) -> Iterator[Metric]:
+    """The collector's view of the DHT: connected peers and each bootstrap peer (pure)."""
+    if snap.dht_peers is not None:
+        peers = GaugeMetricFamily(
+            "petals_dht_peers",
+            "Peers the health service's DHT client is connected to (0: it is cut off).",
+            labels=["model"],
+        )
+        peers.add_metric([snap.model], snap.dht_peers)
+        yield peers
+    boot_up = GaugeMetricFamily(
+        "petals_bootstrap_up",
+        "1 if the configured bootstrap peer answered a DHT ping during the last read, else 0.",
+        labels=["model", "peer_id", "address"],
+    )
+    boot_rtt = GaugeMetricFamily(
+        "petals_bootstrap_rtt_seconds",
+        "Round trip of the last DHT ping to the bootstrap peer (absent: no answer).",
+        labels=["model", "peer_id", "address"],
+    )
+    for boot in snap.bootstraps:
+        labels = [snap.model, boot.peer_id, boot.address]
+        boot_up.add_metric(labels, 1 if boot.reachable else 0)
+        if boot.rtt_s is not None:
+            boot_rtt.add_metric(labels, boot.rtt_s)
+    yield boot_up
+    yield boot_rtt
+
+
+def cache_tokens_per_block(server: swarm.ServerRecord) -> float | None:
+    """Free attention-cache tokens per served block. Petals announces ``cache_tokens_left`` as
+    its free cache bytes over the bytes of one token's key *or* value in one block, i.e. slots
+    summed over its blocks and over K and V; health.petals.dev divides by 2 x span, so do we."""
+    if server.cache_tokens_left is None:
+        return None
+    return server.cache_tokens_left / (2 * server.num_blocks)
 
 
 def swarm_families(snap: swarm.SwarmSnapshot) -> Iterator[Metric]:
@@ -245,8 +288,14 @@ def _server_families(snap: swarm.SwarmSnapshot) -> Iterator[Metric]:
          lambda s: s.forward_rps),
         ("petals_server_network_rps", "Network speed the server announces (RPS).",
          lambda s: s.network_rps),
-        ("petals_server_cache_tokens_left", "Attention cache tokens the server has free.",
-         lambda s: s.cache_tokens_left),
+        ("petals_server_cache_tokens_left",
+         "Attention cache tokens the server has free per block (a new session of this many "
+         "tokens fits on each of its blocks): petals' announced cache_tokens_left divided by "
+         "2 x blocks served, as health.petals.dev does.",
+         cache_tokens_per_block),
+        ("petals_server_ping_rtt_seconds",
+         "Round trip of the last ping through the swarm to the server (absent: no answer).",
+         lambda s: s.rtt_s),
     ]  # fmt: skip
     for name, doc, value_of in per_server:
         family = GaugeMetricFamily(name, doc, labels=["model", "peer_id"])
@@ -300,6 +349,16 @@ class HealthMetrics:
         self._ttft = _Histogram(TTFT_BUCKETS_S)
         self._tokens_per_s = _Histogram(TOKENS_PER_S_BUCKETS)
 
+    def probe_started(self) -> None:
+        """A probe generation begins (loading the client counts): a hang shows as its age."""
+        with self._lock:
+            self._probe = dataclasses.replace(self._probe, in_progress_since=time.time())
+
+    def probe_abandoned(self) -> None:
+        """The generation under way ended without a result (the service is stopping)."""
+        with self._lock:
+            self._probe = dataclasses.replace(self._probe, in_progress_since=None)
+
     def observe_probe(self, ttft_s: float, tokens_per_s: float) -> None:
         """Record one successful probe generation: seconds to the first token, then tokens/s."""
         if not (ttft_s >= 0 and tokens_per_s >= 0):  # also refuses NaN
@@ -313,6 +372,7 @@ class HealthMetrics:
             self._probe = dataclasses.replace(
                 self._probe,
                 runs_total=self._probe.runs_total + 1,
+                in_progress_since=None,
                 last_success_at=now,
                 last_ttft_s=ttft_s,
                 last_tokens_per_s=tokens_per_s,
@@ -330,6 +390,7 @@ class HealthMetrics:
                 self._probe,
                 runs_total=self._probe.runs_total + 1,
                 failures_total=self._probe.failures_total + 1,
+                in_progress_since=None,
                 last_failure_at=time.time(),
                 last_failure_reason=reason,
                 last_failure_detail=detail,
@@ -386,6 +447,14 @@ class HealthMetrics:
         )
         last.add_metric(model, probe.last_success_at or 0)
         yield last
+        running = GaugeMetricFamily(
+            "petals_probe_in_progress_since_timestamp_seconds",
+            "Unix time the probe generation under way began, loading the client included "
+            "(0: none under way). A hang, even on the very first run, shows as its age.",
+            labels=["model"],
+        )
+        running.add_metric(model, probe.in_progress_since or 0)
+        yield running
 
 
 class _ProbeCollector(Collector):

@@ -170,12 +170,15 @@ class Probe:
     def run_once(self) -> bool:
         """One probe generation on the calling thread, reported to the metrics; True if it
         succeeded. Nothing is reported when the service stops meanwhile."""
+        self._metrics.probe_started()
         try:
             ttft_s, tokens_per_s = self._generate()
         except ProbeCancelled:
+            self._metrics.probe_abandoned()
             return False
         except Exception as exc:
             if self._stopping.is_set():
+                self._metrics.probe_abandoned()
                 return False  # closing the model under a generation makes it fail: not news
             reason = classify_failure(exc)
             detail = _describe(exc)

@@ -37,6 +37,11 @@ class ServerRecord(BaseModel, frozen=True):
     quant_type: str | None
     using_relay: bool | None = Field(description="reachable only through a libp2p relay")
     trusted: bool = Field(description="the PeerID is on our trusted list")
+    rtt_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="round trip of the ping through the swarm (None: no answer or not pinged)",
+    )
 
     @model_validator(mode="after")
     def _blocks_ordered(self) -> ServerRecord:
@@ -55,6 +60,17 @@ class ServerRecord(BaseModel, frozen=True):
         return self.start_block <= block < self.end_block
 
 
+class BootstrapRecord(BaseModel, frozen=True):
+    """One configured bootstrap peer and whether it answered a DHT ping during the read."""
+
+    address: str = Field(
+        min_length=1, description="the configured multiaddr, /ip4/.../p2p/<PeerID>"
+    )
+    peer_id: str = Field(min_length=1, description="the PeerID at the end of the multiaddr")
+    reachable: bool = Field(description="answered a DHT ping within the reachability timeout")
+    rtt_s: float | None = Field(default=None, ge=0, description="round trip of the ping")
+
+
 class SwarmSnapshot(BaseModel, frozen=True):
     """Every server announcing our model's blocks, plus what we expect of the swarm."""
 
@@ -66,6 +82,12 @@ class SwarmSnapshot(BaseModel, frozen=True):
     servers: tuple[ServerRecord, ...]
     taken_at: float = Field(ge=0, description="unix time of the DHT read")
     refresh_seconds: float = Field(ge=0, description="how long the DHT read took")
+    bootstraps: tuple[BootstrapRecord, ...] = Field(
+        default=(), description="the configured bootstrap peers and whether each answered"
+    )
+    dht_peers: int | None = Field(
+        default=None, ge=0, description="peers the collector's DHT client is connected to"
+    )
 
     @model_validator(mode="after")
     def _unique_peers(self) -> SwarmSnapshot:

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "petalctl.bot",
     "petalctl.chat",
     "petalctl.gateway",
+    "petalctl.gpu_exporter",
 )
 
 

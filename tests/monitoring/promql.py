@@ -44,6 +44,8 @@ GRAFANA_VARIABLES = {
     "$__range": "1h",
     "$window": "15m",
     "$peer": ".+",
+    "$host": ".+",
+    "$route": ".+",
 }
 
 

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from monitoring.collector import DhtCollector, build_snapshot
+from monitoring.collector import (
+    DhtCollector,
+    bootstrap_records,
+    build_snapshot,
+    peer_id_of,
+    sees_swarm,
+)
 from monitoring.snapshot import SwarmSnapshot, replication
 from swarm.coverage import ServerAnnouncement
 from swarm.errors import SwarmUnavailable
@@ -100,6 +106,46 @@ def test_records_become_server_rows_with_trust_and_every_field():
 def test_an_impossible_block_span_is_dropped_not_fatal():
     snap = snapshot_of([announcement(A, 0, 8), announcement(C, 5, 5), announcement(B, -2, 3)], {})
     assert [s.peer_id for s in snap.servers] == [A]
+
+
+BOOT = "/ip4/10.0.0.1/tcp/31337/p2p/QmBootstrapPeer"
+
+
+def test_bootstrap_records_follow_the_dht_ping():
+    assert peer_id_of(BOOT) == "QmBootstrapPeer"
+    answered, silent, unknown = bootstrap_records(
+        [BOOT, "/ip4/10.0.0.2/tcp/31337/p2p/QmTwo", "/dns/x/tcp/1/p2p/QmThree"],
+        {"QmBootstrapPeer": 0.003, "QmTwo": math.inf},
+    )
+    assert (answered.reachable, answered.rtt_s) == (True, 0.003)
+    assert (silent.reachable, silent.rtt_s) == (False, None)
+    assert (unknown.reachable, unknown.peer_id) == (False, "QmThree")
+
+
+# (case, bootstrap answered, servers' announced state and ping, sees the swarm)
+SEES_CASES = [
+    ("bootstrap answers, no servers", True, [], True),
+    ("cut off: nothing answers, nothing read", False, [], False),
+    ("bootstrap gone, a server answers", False, [("online", 0.002)], True),
+    ("bootstrap gone, only stale ONLINE records", False, [("online", math.inf)], False),
+    ("bootstrap gone, only joining servers", False, [("joining", None)], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("boot_ok", "servers", "expected"),
+    [pytest.param(b, s, e, id=case) for case, b, s, e in SEES_CASES],
+)
+def test_a_read_sees_the_swarm_only_if_something_answered(boot_ok, servers, expected):
+    peers = [A, B, C]
+    records = [announcement(peers[i], 0, 8, state) for i, (state, _) in enumerate(servers)]
+    rtts = {peers[i]: rtt for i, (_, rtt) in enumerate(servers) if rtt is not None}
+    snap = build_snapshot(
+        records, rtts, model="m", dht_prefix="m", num_blocks=8, replication_target=1,
+        trusted_peer_ids=peers, taken_at=1.0, refresh_seconds=0.1,
+        bootstraps=bootstrap_records([BOOT], {"QmBootstrapPeer": 0.001 if boot_ok else math.inf}),
+    )  # fmt: skip
+    assert sees_swarm(snap) is expected
 
 
 # -- against a real swarm --------------------------------------------------------------------

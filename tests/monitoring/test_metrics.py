@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.metrics import TTFT_BUCKETS_S, HealthMetrics
 from monitoring.refresher import Refresher
+from monitoring.snapshot import BootstrapRecord
 from tests.monitoring.procs import require_binary
 from tests.monitoring.synthetic import MODEL, MutableFetch, peer, server, snapshot
 
@@ -86,7 +87,8 @@ def test_per_server_series(metrics: HealthMetrics):
     assert per_peer(metrics, "petals_server_throughput_rps")[peer("a")] == 400
     assert per_peer(metrics, "petals_server_inference_rps")[peer("a")] == 310
     assert per_peer(metrics, "petals_server_forward_rps")[peer("a")] == 2100
-    assert per_peer(metrics, "petals_server_cache_tokens_left")[peer("a")] == 1000
+    # Petals announces K-or-V slots summed over the server's blocks: 1000 / (2 x 5 blocks).
+    assert per_peer(metrics, "petals_server_cache_tokens_left")[peer("a")] == 100
     # Unknown stays absent instead of reading as 0.
     assert peer("b") not in per_peer(metrics, "petals_server_network_rps")
     assert per_peer(metrics, "petals_server_network_rps")[peer("a")] == 950
@@ -153,6 +155,36 @@ def test_collector_series_follow_the_refresher(
     assert value("petals_collector_refresh_errors_total", M) == 2
     assert value("petals_collector_last_refresh_timestamp_seconds", M) == last
     assert value("petals_blocks_covered_ratio", M) == 1.0  # the last good snapshot stays
+
+
+def test_dht_peers_and_each_bootstrap_are_series_while_reads_succeed():
+    boot_a, boot_b = peer("boot-a"), peer("boot-b")
+    bootstraps = (
+        BootstrapRecord(address=f"/ip4/10.0.0.1/tcp/31337/p2p/{boot_a}", peer_id=boot_a,
+                        reachable=True, rtt_s=0.004),
+        BootstrapRecord(address=f"/ip4/10.0.0.2/tcp/31337/p2p/{boot_b}", peer_id=boot_b,
+                        reachable=False),
+    )  # fmt: skip
+    fetch = MutableFetch(
+        snapshot(server("a", 0, 8, rtt_s=0.002)).model_copy(
+            update={"bootstraps": bootstraps, "dht_peers": 3}
+        )
+    )
+    refresher = Refresher(fetch, interval_s=60)
+    assert refresher.refresh_once()
+    metrics = HealthMetrics(MODEL, refresher.status)
+
+    assert metrics.registry.get_sample_value("petals_dht_peers", M) == 3
+    assert per_peer(metrics, "petals_bootstrap_up") == {boot_a: 1, boot_b: 0}
+    assert per_peer(metrics, "petals_bootstrap_rtt_seconds") == {boot_a: 0.004}
+    assert per_peer(metrics, "petals_server_ping_rtt_seconds") == {peer("a"): 0.002}
+
+    # A failed read knows nothing about the DHT: no stale "bootstrap up" while collector_up is 0.
+    fetch.fail(ConnectionError("cut off"))
+    assert not refresher.refresh_once()
+    assert per_peer(metrics, "petals_bootstrap_up") == {}
+    assert metrics.registry.get_sample_value("petals_dht_peers", M) is None
+    assert metrics.registry.get_sample_value("petals_collector_up", M) == 0
 
 
 def test_before_the_first_read_only_collector_series_exist():
@@ -238,3 +270,22 @@ def test_served_exposition_passes_promtool(start_service, fetch: MutableFetch):
     assert families["petals_probe_time_to_first_token_seconds"].type == "histogram"
     assert families["petals_probe_failures"].type == "counter"
     assert not [n for n in families if n.endswith("_created")]
+
+
+def test_a_probe_under_way_shows_when_it_began_until_it_ends(metrics: HealthMetrics):
+    name = "petals_probe_in_progress_since_timestamp_seconds"
+    value = metrics.registry.get_sample_value
+    assert value(name, M) == 0
+
+    metrics.probe_started()  # e.g. the very first run, stuck loading the client
+    began = metrics.probe_status().in_progress_since
+    assert began is not None and value(name, M) == began
+
+    metrics.probe_failed("timeout")
+    assert value(name, M) == 0
+    metrics.probe_started()
+    metrics.observe_probe(0.5, 10)
+    assert value(name, M) == 0
+    metrics.probe_started()
+    metrics.probe_abandoned()
+    assert value(name, M) == 0
