@@ -383,27 +383,36 @@ async def _run_step(
     receiver.add_done_callback(on_receive)
     metrics = service.metrics
     metrics.active.labels(WS_ROUTE).inc()
-    inputs, generated, answer, sent = step.inputs, 0, "", 0
+    inputs, generated, sent = step.inputs, 0, 0
+    answer_from = len(session.token_ids) + input_tokens
     stream = None
     try:
         while True:
             size = min(per_message, total - generated)
-            # The stop sequences are checked here, across steps, as chat.petals.dev does; each
-            # step still ends early at EOS, or at a stop sequence within it.
+            # Stop sequences are checked here, across steps, on the text decoded from all of
+            # this answer's tokens (a step decoded alone loses SentencePiece's leading spaces);
+            # each step still ends early at EOS, or at a stop sequence within it.
             params = _params(service, step, size, stop=stops or None)
             stream = session.astream(inputs, params, cancel=cancel)
             inputs = None
-            text = await stream.text()
+            await stream.wait()
             stats = stream.result
             if stats.stop_reason == "cancelled":
                 raise _Gone
             metrics.observe(WS_ROUTE, stats)
             service.usage(caller, stats.prompt_tokens, stats.completion_tokens)
             generated += stats.completion_tokens
-            answer, stopped = _cut(answer + text, stops)
+            answer_ids = session.token_ids[answer_from:]
+            decoded = await asyncio.to_thread(
+                service.client.tokenizer.decode, answer_ids, skip_special_tokens=True
+            )
+            answer, stopped = _cut(decoded, stops)
             stopped = stopped or stats.stop_reason in ("eos", "stop_sequence")
-            last = stopped or generated >= total or not stops
+            last = stopped or generated >= total or not stops or stats.completion_tokens == 0
             upto = len(answer) if last else len(answer) - _held_back(answer, stops)
+            if not last:  # an incomplete UTF-8 sequence decodes as U+FFFD: wait for the rest
+                while upto > sent and answer[upto - 1] == "\ufffd":
+                    upto -= 1
             await _send(
                 websocket,
                 {
@@ -413,7 +422,7 @@ async def _run_step(
                     "token_count": stats.completion_tokens,
                 },
             )
-            sent = upto
+            sent = max(sent, upto)
             if last:
                 break
     except InvalidRequest as exc:
