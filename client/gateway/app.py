@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.gateway import openai_api, petals_api
+from client.gateway import openai_api, petals_api, webchat
 from client.gateway.access import AccessMiddleware
 from client.gateway.errors import APIError, render
 from client.gateway.metrics import GatewayMetrics
@@ -124,6 +124,7 @@ def create_app(
     app.state.metrics = metrics
     app.include_router(openai_api.router)
     app.include_router(petals_api.router)
+    app.include_router(webchat.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

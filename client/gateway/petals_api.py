@@ -224,8 +224,9 @@ def _parse(model: type[BaseModel], data: Any, expected_type: str) -> Any:
 
 
 def websocket_token(service: GatewayService, websocket: WebSocket) -> str | None:
-    """The bearer token of a WebSocket: the Authorization header, the web chat's session cookie,
-    or (only with allow_query_token) ``?token=``, which lands in proxy logs."""
+    """The bearer token of a WebSocket: the Authorization header, or (only with
+    allow_query_token) ``?token=``, which lands in proxy logs. Browsers may instead use the web
+    chat's session cookie."""
     header = websocket.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:]
@@ -243,7 +244,9 @@ async def generate_ws(websocket: WebSocket) -> None:
     admission = None
     idle_s = service.settings.ws_idle_timeout_s
     try:
-        caller = service.authenticate(websocket_token(service, websocket))
+        token = websocket_token(service, websocket)
+        cookie = service.cookie_caller(websocket.cookies.get("petals_session"))
+        caller = cookie if token is None and cookie is not None else service.authenticate(token)
         opening = _parse(
             OpenSession,
             await _next_message(websocket, None, idle_s),

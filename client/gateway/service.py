@@ -23,6 +23,7 @@ from client.gateway.metrics import GatewayMetrics
 from client.gateway.ratelimit import ConcurrencyLimiter, RateLimiter
 from client.gateway.settings import GatewaySettings
 from client.gateway.tokens import TokenStore
+from client.gateway.websessions import WebSessions
 from client.params import GenerationParams
 from client.streams import CancelToken, StreamStats
 from client.swarm_client import PreparedPrompt, Prompt, SwarmClient
@@ -69,6 +70,7 @@ class GatewayService:
         self.rate = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_token)
         self.prefills = PrefillPreparer(client)
+        self.web_sessions = WebSessions(settings.web_session_hours)
         self._inflight = 0  # admitted generations, all tokens: running or queued for a slot
         self._inflight_lock = threading.Lock()
 
@@ -105,6 +107,16 @@ class GatewayService:
     def capacity(self) -> int:
         """Generations admitted at once: the client's parallel streams plus the queue."""
         return self.client.options.max_concurrent_streams + self.settings.max_queued
+
+    def cookie_caller(self, session: str | None) -> str | None:
+        """The token name behind a web chat session cookie; None once the token is revoked."""
+        name = self.web_sessions.lookup(session) if session else None
+        if name is None:
+            return None
+        if name != ANONYMOUS and not self.tokens.has(name):
+            return None
+        note_caller(name)
+        return name
 
     def admit(self, caller: str) -> Admission:
         """Rate limit, a concurrency slot of the token (429 with Retry-After when over either),

@@ -86,6 +86,9 @@ class GatewaySettings(KitSettings):
         description="generations that may wait for a free slot of the swarm client "
         "(max_concurrent_streams); more get 503 with Retry-After",
     )
+    web_session_hours: float = Field(
+        12.0, gt=0, le=24 * 90, description="how long a web chat sign-in lasts"
+    )
     keepalive_s: float = Field(
         10.0, gt=0, le=600, description="SSE comment every this many seconds while waiting"
     )

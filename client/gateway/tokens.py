@@ -162,6 +162,10 @@ class TokenStore:
     def names(self) -> list[str]:
         return list(self._entries)
 
+    def has(self, name: str) -> bool:
+        self.refresh()
+        return name in self._entries
+
     def verify(self, token: str) -> str | None:
         """The token's name, or None."""
         self.refresh()
