@@ -127,8 +127,15 @@ def test_sign_in_stream_continue_stop_and_inert_html(
 
 
 def test_phone_screenshot(chat_gateway: GatewayServer, tmp_path):
-    phone = Browser(tmp_path / "phone", width=390, height=800)
+    phone = Browser(tmp_path / "phone")
     try:
+        phone.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=390,
+            height=800,
+            deviceScaleFactor=2,
+            mobile=True,
+        )
         phone.goto(chat_gateway.url + "/")
         poll(lambda: phone.eval("!document.getElementById('login').hidden"), 30, "the form")
         # Readable on a phone: nothing wider than the screen.
