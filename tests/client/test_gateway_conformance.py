@@ -265,3 +265,27 @@ def test_usage_per_token_in_metrics_and_cli(gateway, oai, model, capsys):
     requests, prompt, completion = (int(x) for x in row[1:])
     assert requests >= 1 and prompt >= reply.usage.prompt_tokens
     assert completion >= reply.usage.completion_tokens
+
+
+def test_web_sign_in_cookie_ends_when_its_token_is_revoked(gateway, tokens_file, model):
+    path = tokens_file[0]
+    fresh = add_token(path, "web-student")
+    try:
+        with httpx.Client(base_url=gateway.url) as browser:
+            login = browser.post("/auth/login", json={"token": fresh})
+            assert login.status_code == 200 and login.json()["name"] == "web-student"
+            cookie = login.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie and fresh not in cookie
+            assert browser.get("/auth/me").json()["name"] == "web-student"
+            models = browser.get("/v1/models")  # the cookie authenticates the API too
+            assert models.status_code == 200 and models.json()["data"][0]["id"] == model
+            foreign = browser.get("/v1/models", headers={"Origin": "https://evil.example"})
+            assert foreign.status_code == 403
+            remove_token(path, "web-student")
+            assert browser.get("/auth/me").status_code == 401
+            assert browser.get("/v1/models").status_code == 401
+    finally:
+        if "web-student" in path.read_text():
+            remove_token(path, "web-student")
+    wrong = httpx.post(gateway.url + "/auth/login", json={"token": "pk-wrong"})
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
