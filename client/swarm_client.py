@@ -40,7 +40,14 @@ from client.streams import (
     Job,
     StreamStats,
 )
-from client.templates import ChatTemplate, Message, fit_messages, make_template, normalize_messages
+from client.templates import (
+    ChatTemplate,
+    Message,
+    encode_chat,
+    fit_messages,
+    make_template,
+    normalize_messages,
+)
 from swarm.errors import SwarmUnavailable
 from swarm.swarm_settings import SwarmSettings
 
@@ -275,7 +282,8 @@ class SwarmClient:
         rendered: dict[int, list[int]] = {}
 
         def count(kept: Sequence[Message]) -> int:
-            ids = self.encode(self.template.render(kept), add_special_tokens=False)
+            with self._encode_lock:  # message text is never read as control tokens
+                ids, _ = encode_chat(self.tokenizer, self.template.render, kept)
             rendered[len(kept)] = ids
             return len(ids)
 

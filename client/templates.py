@@ -165,22 +165,123 @@ def fit_messages(
     user message with the assistant answers after it), so the kept part still starts with a user
     message. Returns (kept messages, messages dropped, prompt tokens). Raises PromptTooLong when
     even the system prompt plus the last message do not fit.
+
+    Dropping more turns never adds tokens, so the fewest turns to drop is found by bisection:
+    O(log turns) tokenizations of at most the whole prompt, not one per dropped turn.
     """
-    kept = list(messages)
-    dropped = 0
-    head = 1 if kept and kept[0]["role"] == "system" else 0
-    while True:
-        tokens = count_tokens(kept)
-        if tokens <= budget:
-            return kept, dropped, tokens
-        if len(kept) - head <= 1:
-            raise PromptTooLong(
-                f"prompt is {tokens} tokens with only the system prompt and the last message "
-                f"left; the limit is {budget} tokens (the context window minus max_new_tokens)",
-                field="messages",
+    messages = list(messages)
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    # Turn boundaries: indices of user messages after the head; the last one always stays.
+    starts = [i for i in range(head, len(messages)) if messages[i]["role"] == "user"]
+    if not starts or starts[0] != head:
+        starts = [head, *starts]
+
+    def keep_from(turn: int) -> list[Message]:
+        return messages[:head] + messages[starts[turn] :]
+
+    tokens = count_tokens(messages)
+    if tokens <= budget:
+        return messages, 0, tokens
+    last = len(starts) - 1
+    tokens_last = count_tokens(keep_from(last))
+    if tokens_last > budget:
+        raise PromptTooLong(
+            f"prompt is {tokens_last} tokens with only the system prompt and the last message "
+            f"left; the limit is {budget} tokens (the context window minus max_new_tokens)",
+            field="messages",
+        )
+    low, high, best = 1, last, (last, tokens_last)  # keep_from(0) is too long, (last) fits
+    while low < high:
+        middle = (low + high) // 2
+        counted = count_tokens(keep_from(middle))
+        if counted <= budget:
+            high, best = middle, (middle, counted)
+        else:
+            low = middle + 1
+    turn, counted = best
+    return keep_from(turn), starts[turn] - head, counted
+
+
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"  # Unicode noncharacters: never in real text
+
+
+def _content_spans(
+    render: Callable[[Sequence[Message]], str], messages: Sequence[Message]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered prompt and where each message's text lies in it, found by rendering once
+    more with each text wrapped in markers (searching for the text could land in a control
+    string: a user who types ``<s>`` would match the template's own BOS)."""
+    marked: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        content = message["content"]
+        if _OPEN in content or _CLOSE in content:
+            raise InvalidRequest(
+                f"messages[{index}].content: contains the noncharacter U+FDD0 or U+FDD1",
+                field=f"messages[{index}].content",
             )
-        end = head + 1  # the oldest user message, and every assistant message after it
-        while end < len(kept) - 1 and kept[end]["role"] != "user":
-            end += 1
-        dropped += end - head
-        del kept[head:end]
+        text = content.strip()
+        lead = content[: len(content) - len(content.lstrip())]
+        trail = content[len(content.rstrip()) :]
+        marked.append({**message, "content": f"{lead}{_OPEN}{text}{_CLOSE}{trail}"})
+    with_markers = render(marked)
+    rendered, spans, start = [], [], 0
+    position = 0
+    for char in with_markers:
+        if char == _OPEN:
+            start = position
+        elif char == _CLOSE:
+            spans.append((start, position))
+        else:
+            rendered.append(char)
+            position += 1
+    plain = "".join(rendered)
+    if plain != render(messages) or len(spans) != len(messages):
+        raise InvalidRequest(
+            "messages: the chat template changed a message's text, so its special-token strings "
+            "cannot be kept as text; choose the llama2, llama3 or stablebeluga template",
+            field="messages",
+        )
+    return plain, spans
+
+
+def encode_chat(
+    tokenizer: Any, render: Callable[[Sequence[Message]], str], messages: Sequence[Message]
+) -> tuple[list[int], int]:
+    """Token ids of the chat prompt ``render(messages)`` in which only the template's own control
+    strings become special tokens: a ``</s><s>[INST] <<SYS>>`` or ``<|eot_id|>`` typed by a user
+    (or in a system prompt) stays text, so nobody can forge a turn. Returns (ids, number of
+    special-token strings found in message text).
+
+    Hugging Face tokenizers turn every occurrence of a special token's string into its id,
+    wherever it is; so the prompt is tokenized whole (the normal tokenization, unchanged for
+    ordinary text) and each special token that lies inside a message's text is replaced by the
+    tokenizer model's own pieces for those characters (``</s>`` -> ``<``, ``/``, ``s``, ``>``).
+    """
+    rendered, spans = _content_spans(render, messages)
+    encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    special = set(getattr(tokenizer, "all_special_ids", ())) | set(
+        getattr(tokenizer, "added_tokens_encoder", {}).values()
+    )
+    ids: list[int] = []
+    forged = 0
+    for token_id, (start, end) in zip(encoded.input_ids, encoded.offset_mapping, strict=True):
+        inside = any(lo <= start < hi for lo, hi in spans)
+        if token_id in special and inside:
+            forged += 1
+            ids.extend(_as_text(tokenizer, rendered[start:end], special))
+        else:
+            ids.append(token_id)
+    return ids, forged
+
+
+def _as_text(tokenizer: Any, text: str, special: set[int]) -> list[int]:
+    """``text`` (a special token's string) as ordinary tokens, bypassing the added-token match."""
+    model = tokenizer.backend_tokenizer.model
+    pieces = [token.id for token in model.tokenize(text)]
+    if pieces and not special.intersection(pieces):
+        return pieces
+    # Byte-level vocabularies may hold the whole string as a piece: go character by character.
+    out: list[int] = []
+    for char in text:
+        out.extend(token.id for token in model.tokenize(char) if token.id not in special)
+    return out

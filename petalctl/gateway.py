@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-level", default="info", help="uvicorn's log level (default: info)")
     parser.set_defaults(func=run_gateway)
 
-    tokens = parser.add_subparsers(dest="gateway_command", metavar="token")
+    tokens = parser.add_subparsers(dest="gateway_command", metavar="token|usage")
     token = tokens.add_parser("token", help="manage bearer tokens (hashed in a 0600 file)")
     actions = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     for name, helptext, func in (
@@ -46,6 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         action.add_argument("--config", dest="token_config", help="TOML settings file")
         action.set_defaults(func=func)
+    usage = tokens.add_parser(
+        "usage",
+        help="requests and tokens per bearer token, read from a running gateway's /metrics",
+        description="Counts since the gateway started (Prometheus keeps the history).",
+    )
+    usage.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the gateway (default: %(default)s)"
+    )
+    usage.set_defaults(func=run_usage)
     hashing = actions.add_parser(
         "hash",
         help="read a token on stdin, print NAME:sha256:HEX for token_hashes",
@@ -67,14 +77,38 @@ def run_gateway(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_args(args)
     swarm = SwarmSettings.from_args(args)
     quiet_petals(args.debug)
+    access = logging.getLogger("client.gateway.access")
+    if not access.handlers:  # one line per request on stderr (journald under systemd)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s access %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     app = create_app(settings, swarm=swarm, client_settings=ClientSettings.from_args(args))
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to whatever handler
     # was there before; with this one the process then exits 0 (a service stopped on purpose).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    # No access log: WebSocket clients may carry their token in the query string.
+    # uvicorn's access log is off: it would print query strings (a ?token= with
+    # allow_query_token); the gateway writes its own line per request (client.gateway.access).
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False
     )
+    return 0
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    import httpx
+
+    from client.gateway.usage import format_usage, parse_usage
+    from swarm.errors import ConfigError
+
+    url = args.url.rstrip("/") + "/metrics"
+    try:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot read {url}: {exc}") from None
+    print(format_usage(parse_usage(response.text)))
     return 0
 
 

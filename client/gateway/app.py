@@ -16,9 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.gateway import openai_api, petals_api
+from client.gateway import openai_api, petals_api, webchat
+from client.gateway.access import AccessMiddleware
 from client.gateway.errors import APIError, render
 from client.gateway.metrics import GatewayMetrics
 from client.gateway.service import ClientGone, GatewayService
@@ -124,6 +126,7 @@ def create_app(
     app.state.metrics = metrics
     app.include_router(openai_api.router)
     app.include_router(petals_api.router)
+    app.include_router(webchat.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
@@ -147,16 +150,25 @@ def create_app(
         limit = settings.max_body_bytes
         return render(request.url.path, APIError(413, f"request body over {limit} bytes"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        return render(request.url.path, error)
+
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)
 
     if settings.cors_origins:
+        # "*" headers: the openai JS SDK sends its own (x-stainless-*, openai-organization, ...).
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
         )
     app.add_middleware(GatewayMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessMiddleware, allowed_origins=settings.cors_origins)
     return app

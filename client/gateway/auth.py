@@ -23,5 +23,10 @@ def caller_name(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     """The name of the caller's token (401 when missing or wrong)."""
+    service = service_of(request)
+    if credentials is None:  # the web chat: its session cookie (SameSite, Origin-checked)
+        name = service.cookie_caller(request.cookies.get("petals_session"))
+        if name is not None:
+            return name
     token = credentials.credentials if credentials is not None else None
-    return service_of(request).authenticate(token)
+    return service.authenticate(token)

@@ -17,9 +17,14 @@ from client.errors import InvalidRequest
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
     503: "service_unavailable",
 }
 
@@ -91,10 +96,12 @@ def openai_responses() -> dict[int | str, dict[str, Any]]:
         for status, description in (
             (400, "bad parameters or prompt (the message names the field and the limit)"),
             (401, "missing or wrong bearer token"),
+            (403, "a browser origin that is not allowed (cors_origins)"),
             (404, "unknown model"),
             (413, "request body too large"),
             (429, "rate limit or concurrency limit of this token"),
-            (503, "the private swarm cannot serve right now"),
+            (500, "a bug in the gateway (the log has the request id)"),
+            (503, "the private swarm cannot serve right now, or the gateway's queue is full"),
         )
     }
 

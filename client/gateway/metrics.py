@@ -1,7 +1,9 @@
 """The gateway's Prometheus metrics, on a registry of its own (one per app, readable in tests).
 
 Labels are bounded: ``route`` is a route template, ``code`` an HTTP status, ``reason`` one of
-the stop reasons, ``kind`` an error class of ours; never prompts, tokens or users.
+the stop reasons, ``kind`` an error class of ours, ``token`` the NAME of a bearer token from
+the admin's tokens file (a set the admin controls; never the token itself, prompts, or a
+client-chosen string such as OpenAI's ``user``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,30 @@ class GatewayMetrics:
             "petals_gateway_active_generations",
             "generations running now",
             ["route"],
+            registry=r,
+        )
+
+        self.token_requests = Counter(
+            "petals_gateway_token_requests_total",
+            "generations started, per bearer token name",
+            ["token"],
+            registry=r,
+        )
+        self.token_prompt_tokens = Counter(
+            "petals_gateway_token_prompt_tokens_total",
+            "prompt tokens sent to the swarm, per bearer token name",
+            ["token"],
+            registry=r,
+        )
+        self.token_completion_tokens = Counter(
+            "petals_gateway_token_completion_tokens_total",
+            "tokens generated, per bearer token name",
+            ["token"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "petals_gateway_queued_generations",
+            "generations admitted and not finished (running or waiting for a client slot)",
             registry=r,
         )
 

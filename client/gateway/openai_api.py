@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +15,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from client.gateway.access import request_id
 from client.gateway.auth import caller_name, service_of
+from client.gateway.chat_prompt import split_prefill
 from client.gateway.errors import APIError, openai_responses
 from client.gateway.schemas import (
     ChatCompletion,
@@ -27,6 +32,7 @@ from client.gateway.service import Admission, GatewayService, Outcome, finish_re
 from client.params import GenerationParams
 from client.swarm_client import PreparedPrompt
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=openai_responses())
 STARTED = int(time.time())
 
@@ -45,6 +51,50 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get("/models", response_model=ModelList, summary="the one model this gateway serves")
 async def list_models(service: Service, caller: Caller) -> ModelList:
     return ModelList(data=[ModelCard(id=service.model_id, created=STARTED, owned_by="private")])
+
+
+@router.get("/models/{model_id:path}", response_model=ModelCard, summary="one model, by id")
+async def get_model(model_id: str, service: Service, caller: Caller) -> ModelCard:
+    service.check_model(model_id)
+    return ModelCard(id=service.model_id, created=STARTED, owned_by="private")
+
+
+def _unsupported(name: str, why: str) -> APIError:
+    return APIError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
+
+
+def refuse_unsupported(body: GenerationRequest) -> None:
+    """400 naming the parameter for what the kit cannot honour, instead of silently ignoring it
+    (an agent framework would get plain text and no error)."""
+    if body.n != 1:
+        raise _unsupported("n", f"n = {body.n}: only one choice (n = 1) is supported")
+    sampling = body.temperature is None or body.temperature > 0
+    if body.seed is not None and sampling:
+        raise _unsupported(
+            "seed",
+            "seeded sampling is not supported; leave seed out, or use temperature 0 (greedy "
+            "decoding is deterministic)",
+        )
+    if not isinstance(body, ChatCompletionRequest):
+        return
+    if body.tools or body.functions:
+        name = "tools" if body.tools else "functions"
+        raise _unsupported(name, "tool and function calling are not supported by this model")
+    for name in ("tool_choice", "function_call"):
+        value = getattr(body, name)
+        if value is not None and value not in ("none", "auto"):
+            raise _unsupported(name, "tool and function calling are not supported")
+    kind = (body.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise _unsupported(
+            "response_format",
+            f"type {kind!r}: only 'text' is supported (no JSON mode or JSON schema)",
+        )
+    if body.logprobs or body.top_logprobs:
+        name = "logprobs" if body.logprobs else "top_logprobs"
+        raise _unsupported(name, "log probabilities are not supported; leave it out")
+    if body.logit_bias:
+        raise _unsupported("logit_bias", "not supported; leave it out")
 
 
 def _common_params(
@@ -94,14 +144,30 @@ async def _event_stream(
     include_usage: bool,
     prefix: str = "",
 ) -> AsyncIterator[str]:
-    """SSE events: ``chunk(text, finish_reason)`` shapes each event for its API."""
+    """SSE events: ``chunk(text, finish_reason)`` shapes each event for its API. While no token
+    comes (queued for a slot, or a slow first token) a comment line keeps proxies and clients
+    from timing out; an error after the status line went out becomes an error event, and the
+    stream still ends with ``[DONE]``."""
     started = chunk(None, None)
     if started is not None:
         yield _sse(started)
     if prefix:
         yield _sse(chunk(prefix, None))
+    deltas = service.deltas(route, prepared, admission, outcome)
+    pending: asyncio.Future[str] | None = None
     try:
-        async for delta in service.deltas(route, prepared, admission, outcome):
+        while True:
+            pending = asyncio.ensure_future(deltas.__anext__())
+            while not pending.done():
+                done, _ = await asyncio.wait({pending}, timeout=service.settings.keepalive_s)
+                if not done:
+                    yield ": keep-alive\n\n"
+            try:
+                delta = pending.result()
+            except StopAsyncIteration:
+                break
+            finally:
+                pending = None
             yield _sse(chunk(delta, None))
         yield _sse(chunk("", finish_reason(outcome.stats)))
         if include_usage and outcome.stats is not None:
@@ -111,6 +177,18 @@ async def _event_stream(
             yield _sse(final)
     except APIError as exc:  # the status line is sent already: report in the stream
         yield _sse(exc.openai_body())
+    except Exception:
+        logger.exception("error in a stream (request id %s)", request_id())
+        error = APIError(500, f"internal error (request id {request_id()})")
+        yield _sse(error.openai_body())
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # the generation stops within a token and frees its slot
+            with contextlib.suppress(BaseException):
+                await pending
+        else:
+            with contextlib.suppress(BaseException):
+                await deltas.aclose()
     yield _sse("[DONE]")
 
 
@@ -139,10 +217,16 @@ def _streaming(
 
 
 async def _admitted(
-    service: GatewayService, caller: str, prompt: Any, params: GenerationParams
+    service: GatewayService,
+    caller: str,
+    prompt: Any,
+    params: GenerationParams,
+    prefill: str | None = None,
 ) -> tuple[PreparedPrompt, Admission]:
-    prepared = await service.prepare(prompt, params)
-    return prepared, service.admit(caller)
+    """Admission first (cheap: rate, concurrency, queue), then tokenizing and trimming."""
+    admission = service.admit(caller)
+    prepared = await service.prepare(prompt, params, admission, prefill=prefill)
+    return prepared, admission
 
 
 @router.post(
@@ -156,14 +240,16 @@ async def chat_completions(
 ) -> Any:
     route = "/v1/chat/completions"
     service.check_model(body.model)
-    messages = [
+    refuse_unsupported(body)
+    given = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in body.messages
     ]
-    service.check_prompt_chars(sum(len(m["content"]) for m in messages), field="messages")
+    service.check_prompt_chars(sum(len(m["content"]) for m in given), field="messages")
+    messages, prefill = split_prefill(given)
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = _common_params(service, body, body.max_completion_tokens or body.max_tokens, field)
-    prepared, admission = await _admitted(service, caller, messages, params)
+    prepared, admission = await _admitted(service, caller, messages, params, prefill)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if body.stream:
@@ -214,6 +300,7 @@ async def completions(
 ) -> Any:
     route = "/v1/completions"
     service.check_model(body.model)
+    refuse_unsupported(body)
     for name in ("logprobs", "suffix"):
         if getattr(body, name) is not None:
             raise APIError(

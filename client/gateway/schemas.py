@@ -6,7 +6,7 @@ are checked. ``top_k`` and ``repetition_penalty`` are extensions (vLLM and other
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +37,10 @@ class GenerationRequest(BaseModel):
     stop: Stop = Field(None, description=f"up to {MAX_STOP_SEQUENCES} stop sequences")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice is supported")
+    n: int = Field(1, ge=1, le=128, description="only 1 is supported (400 otherwise)")
+    seed: int | None = Field(
+        None, description="accepted for greedy decoding (temperature 0), which is deterministic"
+    )
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="only 0 is supported")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="only 0 is supported")
     user: str | None = Field(None, max_length=256)
@@ -50,12 +53,17 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    """``content: null`` (an assistant turn that only called tools) reads as empty text. The
+    ``tool``/``function`` roles parse, to be refused with a 400 that names them."""
+
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=64)
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -64,6 +72,16 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1000)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    # Parsed only to be refused by name: the kit cannot honour them (see UNSUPPORTED).
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
 
 
 class CompletionRequest(GenerationRequest):

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from client.errors import GenerationFailed, InvalidRequest
+from client.gateway.access import note_caller, note_tokens
+from client.gateway.chat_prompt import PrefillPreparer
 from client.gateway.errors import APIError, bad_request
 from client.gateway.metrics import GatewayMetrics
 from client.gateway.ratelimit import ConcurrencyLimiter, RateLimiter
 from client.gateway.settings import GatewaySettings
 from client.gateway.tokens import TokenStore
+from client.gateway.websessions import WebSessions
 from client.params import GenerationParams
 from client.streams import CancelToken, StreamStats
 from client.swarm_client import PreparedPrompt, Prompt, SwarmClient
@@ -65,6 +69,10 @@ class GatewayService:
         self.settings, self.client, self.tokens, self.metrics = settings, client, tokens, metrics
         self.rate = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_token)
+        self.prefills = PrefillPreparer(client)
+        self.web_sessions = WebSessions(settings.web_session_hours)
+        self._inflight = 0  # admitted generations, all tokens: running or queued for a slot
+        self._inflight_lock = threading.Lock()
 
     # -- who is asking -----------------------------------------------------------------------
     @property
@@ -75,6 +83,7 @@ class GatewayService:
         """The caller's token name; 401 for a missing or unknown token."""
         if token is None or not token.strip():
             if self.settings.allow_anonymous:
+                note_caller(ANONYMOUS)
                 return ANONYMOUS
             raise APIError(
                 401,
@@ -83,6 +92,8 @@ class GatewayService:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         name = self.tokens.verify(token.strip())
+        if name is not None:
+            note_caller(name)
         if name is None:
             raise APIError(
                 401,
@@ -92,8 +103,25 @@ class GatewayService:
             )
         return name
 
+    @property
+    def capacity(self) -> int:
+        """Generations admitted at once: the client's parallel streams plus the queue."""
+        return self.client.options.max_concurrent_streams + self.settings.max_queued
+
+    def cookie_caller(self, session: str | None) -> str | None:
+        """The token name behind a web chat session cookie; None once the token is revoked."""
+        name = self.web_sessions.lookup(session) if session else None
+        if name is None:
+            return None
+        if name != ANONYMOUS and not self.tokens.has(name):
+            return None
+        note_caller(name)
+        return name
+
     def admit(self, caller: str) -> Admission:
-        """Rate limit, then a concurrency slot (429 with Retry-After when over either)."""
+        """Rate limit, a concurrency slot of the token (429 with Retry-After when over either),
+        then a place in the gateway's bounded queue (503 with Retry-After when full). Checked
+        before any tokenization, so a refused request costs next to nothing."""
         wait = self.rate.take(caller)
         if wait > 0:
             raise APIError(
@@ -112,7 +140,35 @@ class GatewayService:
                 code="concurrency_limit_exceeded",
                 headers={"Retry-After": "1"},
             )
-        return Admission(caller, lambda: self.concurrency.release(caller))
+        with self._inflight_lock:
+            full = self._inflight >= self.capacity
+            if not full:
+                self._inflight += 1
+                self.metrics.queued.set(self._inflight)
+        if full:
+            self.concurrency.release(caller)
+            raise APIError(
+                503,
+                f"the gateway is busy: {self.capacity} generations are running or queued "
+                "(max_concurrent_streams + max_queued); retry shortly",
+                code="queue_full",
+                headers={"Retry-After": "2"},
+            )
+        self.metrics.token_requests.labels(caller).inc()
+
+        def release() -> None:
+            self.concurrency.release(caller)
+            with self._inflight_lock:
+                self._inflight -= 1
+                self.metrics.queued.set(self._inflight)
+
+        return Admission(caller, release)
+
+    def usage(self, caller: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count a finished generation's tokens against its bearer token's name."""
+        note_tokens(prompt_tokens, completion_tokens)
+        self.metrics.token_prompt_tokens.labels(caller).inc(prompt_tokens)
+        self.metrics.token_completion_tokens.labels(caller).inc(completion_tokens)
 
     # -- bounds ------------------------------------------------------------------------------
     def check_model(self, name: str | None, *, field: str = "model") -> None:
@@ -155,16 +211,33 @@ class GatewayService:
         except InvalidRequest as exc:
             raise bad_request(exc) from None
 
-    async def prepare(self, prompt: Prompt, params: GenerationParams) -> PreparedPrompt:
+    async def prepare(
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        admission: Admission | None = None,
+        *,
+        prefill: str | None = None,
+    ) -> PreparedPrompt:
+        """Tokenize and fit (after ``admit``: the costly step comes last); a refused prompt
+        gives the admission back. ``prefill``: assistant text the answer continues."""
         try:
+            if prefill is not None and not isinstance(prompt, str):
+                return await asyncio.to_thread(self.prefills.prepare, prompt, prefill, params)
             return await self.client.aprepare(prompt, params)
         except InvalidRequest as exc:
+            if admission is not None:
+                admission.release()
             raise bad_request(exc) from None
+        except BaseException:
+            if admission is not None:
+                admission.release()
+            raise
 
     # -- generation --------------------------------------------------------------------------
     async def deltas(
         self, route: str, prepared: PreparedPrompt, admission: Admission, outcome: Outcome
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The answer's text deltas. However the consumer stops (end, error, disconnect: the
         task is cancelled), the generation is cancelled and the caller's slot released."""
         stream = self.client.astream(prepared, cancel=outcome.cancel)
@@ -174,6 +247,7 @@ class GatewayService:
                 yield delta
             outcome.stats = stream.result
             self.metrics.observe(route, stream.result)
+            self.usage(admission.caller, prepared.prompt_tokens, stream.result.completion_tokens)
         except (GenerationFailed, SwarmUnavailable) as exc:
             self.metrics.errors.labels(route, "swarm_unavailable").inc()
             raise APIError(503, str(exc), code="swarm_unavailable") from None

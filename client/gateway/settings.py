@@ -63,7 +63,34 @@ class GatewaySettings(KitSettings):
         1_000_000, ge=1024, le=100_000_000, description="largest request body accepted"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="browser origins allowed to call the API (CORS)"
+        default_factory=list,
+        description="other browser origins (scheme://host:port) allowed to call the API: CORS "
+        "and the Origin check; the gateway's own origin is always allowed",
+    )
+    allow_query_token: bool = Field(
+        False,
+        description="accept ?token= on the WebSocket route, for browser frontends that cannot "
+        "send headers (the token then appears in proxy and access logs)",
+    )
+    ws_idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="close a WebSocket that sends nothing for this long (frees its session "
+        "and its slot of the token's concurrency limit)",
+    )
+    max_queued: int = Field(
+        16,
+        ge=0,
+        le=10000,
+        description="generations that may wait for a free slot of the swarm client "
+        "(max_concurrent_streams); more get 503 with Retry-After",
+    )
+    web_session_hours: float = Field(
+        12.0, gt=0, le=24 * 90, description="how long a web chat sign-in lasts"
+    )
+    keepalive_s: float = Field(
+        10.0, gt=0, le=600, description="SSE comment every this many seconds while waiting"
     )
 
     @field_validator("token_hashes", "cors_origins", mode="before")

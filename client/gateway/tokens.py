@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from swarm.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "pk-"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -100,24 +103,72 @@ def remove_token(path: Path, name: str) -> None:
 
 
 class TokenStore:
-    """Checks presented tokens against stored hashes (constant-time comparison)."""
+    """Checks presented tokens against stored hashes (constant-time comparison).
 
-    def __init__(self, entries: dict[str, str]) -> None:
+    With a tokens file, each check first looks at the file's inode, size and mtime (one stat)
+    and reloads it when it changed: `petalctl gateway token add/remove` takes effect at once,
+    without a restart. A file that became unreadable or invalid keeps the last good set (and
+    logs why): a typo must not lock everyone out, nor let everyone in.
+    """
+
+    def __init__(
+        self,
+        entries: dict[str, str],
+        path: Path | None = None,
+        fixed: dict[str, str] | None = None,
+    ) -> None:
         self._entries = dict(entries)
+        self._path, self._fixed = path, dict(fixed or {})
+        self._seen = self._signature()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, tokens_file: Path | None, hashed: Iterable[str]) -> TokenStore:
+        fixed = dict(parse_entry(line, "token_hashes") for line in hashed)
         entries = read_tokens_file(tokens_file) if tokens_file is not None else {}
-        for line in hashed:
-            name, digest = parse_entry(line, "token_hashes")
-            entries[name] = digest
-        return cls(entries)
+        return cls({**entries, **fixed}, tokens_file, fixed)
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def refresh(self) -> None:
+        """Reload the tokens file if it changed since it was read."""
+        if self._path is None:
+            return
+        signature = self._signature()
+        if signature == self._seen:
+            return
+        with self._lock:
+            if signature == self._seen:
+                return
+            try:
+                entries = read_tokens_file(self._path)
+            except (ConfigError, OSError) as exc:
+                logger.warning("tokens file not reloaded, keeping the last good one: %s", exc)
+            else:
+                self._entries = {**entries, **self._fixed}
+                logger.info("tokens file reloaded: %d tokens", len(self._entries))
+            self._seen = signature
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def has(self, name: str) -> bool:
+        self.refresh()
+        return name in self._entries
+
     def verify(self, token: str) -> str | None:
         """The token's name, or None."""
+        self.refresh()
         digest = hash_token(token)
         found = None
         for name, stored in self._entries.items():

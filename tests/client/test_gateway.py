@@ -119,7 +119,11 @@ def test_petals_http_api_json_and_form(gateway, token, swarm_client):
 
 
 def test_petals_websocket_api_streams_and_continues_the_session(gateway, token, swarm_client):
-    with connect(f"{gateway.ws_url}/api/v2/generate?token={token}", open_timeout=30) as ws:
+    with connect(
+        f"{gateway.ws_url}/api/v2/generate",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        open_timeout=30,
+    ) as ws:
         ws.send(json.dumps({"type": "open_inference_session", "max_length": 512}))
         assert json.loads(ws.recv(timeout=30)) == {"ok": True}
         prompt = "### User:\nWhat is a block?\n\n### Assistant:\n"
@@ -160,7 +164,11 @@ def test_petals_websocket_api_streams_and_continues_the_session(gateway, token, 
 
 
 def test_websocket_rejects_a_wrong_token(gateway):
-    with connect(f"{gateway.ws_url}/api/v2/generate?token=pk-wrong", open_timeout=30) as ws:
+    with connect(
+        f"{gateway.ws_url}/api/v2/generate",
+        additional_headers={"Authorization": "Bearer pk-wrong"},
+        open_timeout=30,
+    ) as ws:
         reply = json.loads(ws.recv(timeout=30))
     assert reply["ok"] is False and "token" in reply["traceback"]
 
