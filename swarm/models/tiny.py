@@ -10,11 +10,12 @@ token, so any text round-trips), saved with a ``tokenizer.json``:
 The weights come from a fixed seed and a short training run on text this package ships, so the
 demo's answers read as words. Same parameters, same bytes: the directory name carries a hash.
 
-Reproducible across machines: training runs in float64 on one thread with deterministic
-algorithms, and the result is rounded to bfloat16 values (stored as float32). Different CPUs may
-still sum in a different order (SIMD width, BLAS kernels); those float64 differences are far below
-bfloat16's resolution, so the rounded weights come out the same unless a weight lies within that
-difference of a rounding boundary. tests/swarm/test_tiny_models.py records the weights' hashes.
+Reproducible across machines: the weights are built in a child process pinned to code paths
+that do not depend on the CPU (``PINNED_BUILD_ENV``: PyTorch's baseline kernels, MKL's
+reproducibility mode, one thread), trained in float64 with deterministic algorithms, and rounded
+to bfloat16 values (stored as float32). Measured: without the pinning, builds with AVX-512 and
+with SSE kernels differed; with it, builds with MKL held to SSE4.2 and to AVX-512 are identical
+(bench/tiny_reproducibility.py). tests/swarm/test_tiny_models.py records the weights' hashes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-TINY_FORMAT_VERSION = 2  # 2: float64 training rounded to bfloat16; the llama3 flavour
+TINY_FORMAT_VERSION = 3  # 3: trained in a child pinned to baseline kernels, float64, bf16 values
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -88,7 +91,7 @@ class TinySpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-# The demo's default: trained briefly (about a minute on 2 cores) on the shipped text with a
+# The demo's default: trained briefly (minutes on 2 cores, in float64) on the shipped text with a
 # context long enough to see whole question/answer pairs, so greedy answers read as sentences and
 # end with EOS. Tests use the same spec, so one cached directory serves both.
 DEFAULT_SPEC = TinySpec(train_steps=500, train_seq_len=192, train_batch=8)
@@ -309,6 +312,38 @@ def weights_sha256(directory: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+# The build runs in a child process with these set, so every x86-64 CPU takes the same code paths:
+# PyTorch's baseline kernels instead of the AVX2/AVX-512 ones it would pick for this CPU (vector
+# width changes the order of sums), MKL's conditional numerical reproducibility mode (the same
+# results on any Intel or AMD CPU), one thread.
+PINNED_BUILD_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def _build_in_pinned_process(
+    target: Path, spec: TinySpec, progress: Callable[[str], None] | None
+) -> None:
+    env = {**os.environ, **PINNED_BUILD_ENV}
+    argv = [sys.executable, "-m", "swarm.models.tiny", str(target), json.dumps(asdict(spec))]
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        for line in child.stdout:
+            if progress:
+                progress(line.rstrip("\n"))
+        errors = child.stderr.read()
+    if child.returncode:
+        raise RuntimeError(
+            f"building the tiny model in {target} failed (exit {child.returncode}): "
+            + errors.strip()[-2000:]
+        )
+
+
 def make_tiny_llama(
     directory: str | os.PathLike[str],
     spec: TinySpec = DEFAULT_SPEC,
@@ -322,6 +357,9 @@ def make_tiny_llama(
         raise ValueError(f"flavour={spec.flavour!r}: accepted {', '.join(FLAVOURS)}")
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if any(os.environ.get(key) != value for key, value in PINNED_BUILD_ENV.items()):
+        _build_in_pinned_process(target, spec, progress)
+        return target
     tokenizer = build_tokenizer(spec)
     model = _build_model(spec, tokenizer, progress)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -359,5 +397,19 @@ def ensure_tiny_llama(
         if (target / "model.safetensors").is_file():
             return target
         if progress:
-            progress(f"making the tiny Llama in {target} (once; about a minute)")
+            progress(f"making the tiny Llama in {target} (once; a few minutes)")
         return make_tiny_llama(target, spec, progress)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m swarm.models.tiny DIR SPEC_JSON``: the pinned child of make_tiny_llama."""
+    directory, spec_json = argv
+    fields = json.loads(spec_json)
+    if fields.get("llama3_rope") is not None:
+        fields["llama3_rope"] = tuple(fields["llama3_rope"])
+    make_tiny_llama(directory, TinySpec(**fields), progress=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

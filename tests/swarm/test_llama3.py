@@ -207,3 +207,42 @@ def test_plain_rope_control_differs(swarm_run, weights_and_config) -> None:
     control = reference_logits(weights, config, prompt + generated[:-1], plain)[len(prompt) - 1 :]
     worst = (swarm_logits - control).abs().max().item()
     assert worst > 100 * LOGITS_ATOL, f"plain rope is within {worst:.2e} of the swarm's logits"
+
+
+def test_demo_serves_tiny_llama3(model_dir: Path, tmp_path: Path) -> None:
+    """`petalctl demo --model tiny-llama3` answers as the same model run locally does."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tests.swarm.procs import new_marker_env, processes_with_marker, wait_for
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        out = LlamaForCausalLM.from_pretrained(model_dir).generate(
+            ids, max_new_tokens=12, do_sample=False, eos_token_id=tokenizer.eos_token_id
+        )
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    marker, env = new_marker_env()
+    env["PETALS_KIT_CACHE"] = os.environ.get("PETALS_KIT_CACHE") or str(REPO / ".cache")
+    argv = ["demo", "--model", "tiny-llama3", "--prompt", QUESTION, "--max-new-tokens", "12"]
+    demo = subprocess.run(
+        [sys.executable, "-m", "petalctl.main", *argv, "--workdir", str(tmp_path / "w")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "preparing the tiny-llama3 offline Llama" in demo.stderr
+    answer = demo.stdout.split(f"> {QUESTION}\n", 1)[1]
+    assert answer == expected + "\n"
+    wait_for(lambda: processes_with_marker(marker) == [], 15, "every demo process to be gone")
