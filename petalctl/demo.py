@@ -31,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", help="answer this question and exit (default: interactive)")
     parser.add_argument(
         "--model",
-        help="local model dir or Hugging Face name (default: the tiny offline Llama, made on "
-        "first use in ~/.cache/petals-swarm-kit or $PETALS_KIT_CACHE)",
+        default="tiny",
+        help="'tiny' (the tiny offline Llama, StableBeluga-style chat), 'tiny-llama3' (a tiny "
+        "Llama-3.1-shaped one: GQA, llama3 rope, <|eot_id|> chat template), both made on first "
+        "use in ~/.cache/petals-swarm-kit or $PETALS_KIT_CACHE; or a local model dir or "
+        "Hugging Face name (default: tiny)",
     )
     parser.add_argument("--servers", type=int, default=2, help="servers to start (default: 2)")
     parser.add_argument(
@@ -78,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress()
     from swarm.launch import model_num_blocks
     from swarm.localswarm import LocalSwarm
-    from swarm.models.tiny import ensure_tiny_llama
+    from swarm.models.tiny import FLAVOURS, ensure_tiny_llama
 
-    if args.model:
-        model = args.model
+    if args.model in FLAVOURS:
+        progress.step_line(f"preparing the {args.model} offline Llama")
+        model = str(ensure_tiny_llama(spec=FLAVOURS[args.model], progress=progress.say))
     else:
-        progress.step_line("preparing the tiny offline Llama")
-        model = str(ensure_tiny_llama(progress=progress.say))
+        model = args.model
     num_blocks = model_num_blocks(model)
     if args.servers > num_blocks:
         raise ConfigError(f"--servers {args.servers}: the model has only {num_blocks} blocks")

@@ -9,7 +9,8 @@ source build downloads the p2pd binary from GitHub (impossible offline) and whic
 hivemind 1.1.12 ships a manylinux wheel with p2pd inside, but it stopped re-exporting at top level
 the names petals imports (``from hivemind import PeerID, get_logger, anext, ...``).
 This module puts those names back into the ``hivemind`` namespace; nothing in hivemind or petals is
-patched beyond that.
+patched beyond that. It also applies ``swarm.compat_llama3`` (Llama-3.1/3.3 rope for transformers
+4.34.1), which patches two transformers Llama methods.
 
 bitsandbytes (0.50.2 here, for its CUDA 13 library): petals' ``convert_block`` (Linear8bitLt,
 Int8Params, LinearNF4, Params4bit) works on it unchanged, on CUDA and on bitsandbytes' CPU
@@ -70,7 +71,15 @@ def apply() -> None:
     for name, value in added.items():
         if not hasattr(hivemind, name):
             setattr(hivemind, name, value)
+    _apply_llama3_rope()
     _applied = True
+
+
+def _apply_llama3_rope() -> None:
+    """Llama-3.1/3.3's rope_scaling for transformers 4.34.1 (see swarm/compat_llama3.py)."""
+    from swarm import compat_llama3
+
+    compat_llama3.apply()
 
 
 apply()

@@ -4,6 +4,8 @@ Sizes follow the formula Petals' server uses to decide how many blocks fit (peta
 ``server/block_utils.py`` and ``Server._choose_num_blocks``): parameters of one transformer block
 times bytes per parameter, plus 1% for tensor metadata and quantization tables.
 For Llama-2-70B that gives ~1.61 GiB (bf16), ~0.80 GiB (int8) and ~0.43 GiB (nf4) per block.
+Rope cos/sin tables come on top (``rope_table_bytes_per_block``): transformers builds them at
+full length per block, the kit's llama3 rope (``swarm.compat_llama3``) grows them on demand.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -20,6 +22,7 @@ from swarm.errors import ModelError
 Quant = Literal["bf16", "int8", "nf4"]
 CacheDtype = Literal["bf16", "fp16", "fp32"]
 ChatTemplate = Literal["llama2", "stablebeluga", "llama3"]
+RopeType = Literal["default", "linear", "dynamic", "llama3"]
 
 QUANTS: tuple[str, ...] = get_args(Quant)
 
@@ -29,6 +32,9 @@ BYTES_PER_PARAM: Mapping[str, float] = {"bf16": 2.0, "int8": 1.0, "nf4": 4.25 / 
 # Petals adds 1% to every block estimate for tensor descriptors and quantization tables.
 BLOCK_OVERHEAD = 0.01
 CACHE_DTYPE_BYTES: Mapping[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+# The kit's llama3 rope tables start at this many rows and double when a longer sequence comes.
+ROPE_TABLE_MIN_POSITIONS = 256
+ROPE_TABLE_BYTES_PER_VALUE = 4  # cos and sin are kept in fp32 whatever the block's dtype
 
 
 class ModelSpec(BaseModel):
@@ -47,6 +53,9 @@ class ModelSpec(BaseModel):
     max_context: int = Field(gt=0, description="max_position_embeddings")
     chat_template: ChatTemplate | None = Field(
         default=None, description="prompt format family; None when read from an unknown config"
+    )
+    rope_type: RopeType = Field(
+        default="default", description='rope_scaling\'s rope_type ("default": no scaling)'
     )
 
     @model_validator(mode="after")
@@ -110,6 +119,15 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
         vocab_size=128256,
         max_context=131072,
         chat_template="llama3",
+        rope_type="llama3",
+        **_LLAMA_70B_SHAPE,
+    ),
+    ModelSpec(
+        name="meta-llama/Llama-3.3-70B-Instruct",
+        vocab_size=128256,
+        max_context=131072,
+        chat_template="llama3",
+        rope_type="llama3",
         **_LLAMA_70B_SHAPE,
     ),
 )
@@ -157,6 +175,47 @@ def attention_cache_bytes_per_token_per_block(spec: ModelSpec, dtype: CacheDtype
     return 2 * spec.num_key_value_heads * spec.head_dim * CACHE_DTYPE_BYTES[dtype]
 
 
+def rope_table_positions(positions: int) -> int:
+    """Rows of the kit's lazily grown llama3 rope tables once a sequence of ``positions`` tokens
+    has been seen: the next power of two, at least ROPE_TABLE_MIN_POSITIONS."""
+    if positions < 0:
+        raise ModelError(f"positions={positions}: must be >= 0")
+    return max(ROPE_TABLE_MIN_POSITIONS, 1 << max(positions - 1, 0).bit_length())
+
+
+def rope_table_bytes_per_block(spec: ModelSpec, positions: int) -> int:
+    """Bytes of rope cos/sin tables one server block holds when its sessions reach ``positions``
+    tokens (the longest max_length it admits).
+
+    Each block has its own rotary embedding with two fp32 tables of rows x head_dim. For
+    rope_type "llama3" (``swarm.compat_llama3``) the rows grow on demand
+    (``rope_table_positions``); transformers' own rope ("default", "linear", "dynamic") builds
+    max_position_embeddings rows when the block is made and more if a longer sequence comes.
+    """
+    if positions < 0:
+        raise ModelError(f"positions={positions}: must be >= 0")
+    if spec.rope_type == "llama3":
+        rows = rope_table_positions(positions)
+    else:
+        rows = max(spec.max_context, positions)
+    return 2 * rows * spec.head_dim * ROPE_TABLE_BYTES_PER_VALUE
+
+
+def _rope_type(config: Mapping[str, Any], name: str) -> RopeType:
+    scaling = config.get("rope_scaling")
+    if scaling is None:
+        return "default"
+    if not isinstance(scaling, Mapping):
+        raise ModelError(f"{name}: config.json rope_scaling={scaling!r} is not an object")
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind not in get_args(RopeType):
+        raise ModelError(
+            f"{name}: config.json rope_scaling type {kind!r} is not supported "
+            f"(accepted: {', '.join(get_args(RopeType))})"
+        )
+    return cast(RopeType, kind)
+
+
 def spec_from_config(config: Mapping[str, Any], name: str = "<config.json>") -> ModelSpec:
     """Build a spec from a Hugging Face ``config.json`` dict (Llama-class models only)."""
     model_type = config.get("model_type")
@@ -176,6 +235,7 @@ def spec_from_config(config: Mapping[str, Any], name: str = "<config.json>") -> 
             num_key_value_heads=config.get("num_key_value_heads") or heads,
             vocab_size=config["vocab_size"],
             max_context=config.get("max_position_embeddings", 2048),
+            rope_type=_rope_type(config, name),
         )
     except KeyError as exc:
         raise ModelError(f"{name}: config.json has no {exc.args[0]!r}") from None

@@ -11,6 +11,8 @@ from swarm.modelspecs import (
     block_bytes,
     lookup,
     params_per_block,
+    rope_table_bytes_per_block,
+    rope_table_positions,
     spec_from_config,
     spec_from_model_dir,
 )
@@ -89,6 +91,20 @@ def test_attention_cache_counts_only_kv_heads(config: dict, dtype: str, expected
             131072,
             "llama3",
         ),
+        (
+            "meta-llama/Llama-3.1-70B-Instruct",
+            "meta-llama/Meta-Llama-3.1-70B-Instruct",
+            128256,
+            131072,
+            "llama3",
+        ),
+        (
+            "meta-llama/Llama-3.3-70B-Instruct",
+            "meta-llama/Llama-3.3-70B-Instruct",
+            128256,
+            131072,
+            "llama3",
+        ),
     ],
 )
 def test_lookup_known_names(
@@ -155,3 +171,60 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     path.mkdir()
     (path / "config.json").write_bytes(data)
     return path
+
+
+LLAMA31_ROPE = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+    "rope_type": "llama3",
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["meta-llama/Llama-3.1-70B-Instruct", "meta-llama/Llama-3.3-70B-Instruct"]
+)
+def test_llama31_and_33_use_llama3_rope_and_the_llama3_chat_template(name: str) -> None:
+    from client.templates import detect_style
+
+    spec = lookup(name)
+    assert spec.rope_type == "llama3"
+    assert detect_style(name, has_tokenizer_template=True) == "llama3"
+
+
+@pytest.mark.parametrize(
+    ("positions", "rows"),
+    [(0, 256), (1, 256), (256, 256), (257, 512), (2048, 2048), (2049, 4096), (131072, 131072)],
+)
+def test_rope_tables_grow_in_powers_of_two(positions: int, rows: int) -> None:
+    assert rope_table_positions(positions) == rows
+
+
+def test_llama3_rope_tables_follow_the_session_length_not_the_model_maximum() -> None:
+    spec = lookup("meta-llama/Llama-3.3-70B-Instruct")
+    # cos + sin, fp32, head_dim 128: 1 KiB per position.
+    assert rope_table_bytes_per_block(spec, 2048) == 2 * 2048 * 128 * 4 == 2 * 1024**2
+    # What transformers would build up front: 128 MiB per block (the figure).
+    assert rope_table_bytes_per_block(spec, 131072) == 128 * 1024**2
+
+
+def test_default_rope_tables_are_built_at_full_length() -> None:
+    spec = lookup("meta-llama/Meta-Llama-3-70B-Instruct")
+    assert spec.rope_type == "default"
+    assert rope_table_bytes_per_block(spec, 512) == 2 * 8192 * 128 * 4
+    assert rope_table_bytes_per_block(spec, 10000) == 2 * 10000 * 128 * 4
+
+
+def test_negative_positions_are_refused() -> None:
+    with pytest.raises(ModelError, match="positions=-1"):
+        rope_table_bytes_per_block(lookup("petals-team/StableBeluga2"), -1)
+
+
+def test_config_rope_scaling_sets_the_rope_type() -> None:
+    assert spec_from_config({**TINY_CONFIG, "rope_scaling": LLAMA31_ROPE}).rope_type == "llama3"
+    linear = {"type": "linear", "factor": 2.0}
+    assert spec_from_config({**TINY_CONFIG, "rope_scaling": linear}).rope_type == "linear"
+    assert spec_from_config(TINY_CONFIG).rope_type == "default"
+    with pytest.raises(ModelError, match="rope_scaling type 'yarn' is not supported"):
+        spec_from_config({**TINY_CONFIG, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
