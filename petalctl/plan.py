@@ -11,15 +11,8 @@ from typing import Any
 from swarm.errors import ConfigError
 from swarm.inventory import gpus_from_inventory, load_inventory, model_settings
 from swarm.modelspecs import QUANTS, known_names, lookup
-from swarm.planner import (
-    DEFAULT_ATTN_CACHE_TOKENS_GQA,
-    describe_changes,
-    plan,
-    plan_to_dict,
-    ranges_from_dict,
-    render_plan_table,
-    replan,
-)
+from swarm.plan_render import plan_to_dict, ranges_from_dict, render_plan_table
+from swarm.planner import DEFAULT_ATTN_CACHE_TOKENS_GQA, describe_changes, plan, replan
 
 
 def _positive_int(text: str) -> int:
