@@ -30,8 +30,9 @@ def register(subparsers: Any) -> None:
         "plan",
         help="show which blocks each GPU in the inventory should serve",
         description="Lay the model's blocks out over the inventory's [gpu_servers] GPUs: one "
-        "contiguous range per GPU, every block on --replication servers, load spread evenly. "
-        "Flags override the inventory's [all:vars].",
+        "contiguous range per GPU, every block on --replication servers on distinct hosts "
+        "wherever the hardware allows, load spread evenly. Flags override the inventory's "
+        "variables.",
         epilog=f"Known models: {', '.join(known_names())}.",
     )
     parser.add_argument(
@@ -40,7 +41,8 @@ def register(subparsers: Any) -> None:
         required=True,
         type=Path,
         metavar="INVENTORY",
-        help="Ansible INI inventory; GPU sizes come from petals_gpu_memory_gib on each "
+        help="Ansible inventory, resolved by ansible-inventory when it is installed "
+        "(group_vars/, host_vars/); GPU sizes come from petals_gpu_memory_gib on each "
         "[gpu_servers] host",
     )
     parser.add_argument(
@@ -70,8 +72,9 @@ def register(subparsers: Any) -> None:
         "--previous",
         type=Path,
         metavar="PLAN_JSON",
-        help="a plan printed earlier with --json: keep its ranges where they still fit and "
-        "list the servers that must start, restart or stop (default: plan from scratch)",
+        help="a plan printed earlier with --json, or the layout site.yml read back from the "
+        "hosts (.petals/layout.json): keep its ranges where they still fit and list the "
+        "servers that must start, restart or stop (default: plan from scratch)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=run)
