@@ -2,11 +2,14 @@
 
 Pure and deterministic (records in, block ranges out), in the spirit of petals'
 ``server/block_selection.py``. One Petals server per GPU serves one contiguous range, so a plan is
-one ``[start, end)`` per GPU. ``plan`` lays the model out from scratch; ``replan`` keeps every
-running range that still fits and only fills the gaps.
+one ``[start, end)`` per GPU. ``plan`` lays the model out from scratch, each block's replicas on
+distinct hosts wherever the hardware allows (the host is the failure domain; the combinatorics
+are in ``swarm.plan_cover``); ``replan`` keeps every running range that still fits and only fills
+the gaps. Tables and JSON: ``swarm.plan_render``.
 
 Errors: ``PlanError`` (a ``ConfigError``, exit 2) when the GPUs cannot hold the requested
-replication or the arguments are invalid; the message says what is missing.
+replication or the arguments are invalid; the message says what is missing and how many GPUs of
+which size would close the gap.
 """
 
 from __future__ import annotations
