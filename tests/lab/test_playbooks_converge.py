@@ -256,4 +256,10 @@ def test_check_mode_on_the_converged_lab_changes_nothing(swarm_lab: SwarmLab) ->
     res = swarm_lab.playbook("site.yml", "--check", "--diff")
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
     changed = {host: counts["changed"] for host, counts in parse_recap(res.stdout).items()}
-    assert changed == dict.fromkeys(changed, 0), res.stdout[-6000:]
+    task, which = "", []
+    for line in res.stdout.splitlines():  # name the tasks that would change something
+        if line.startswith("TASK ["):
+            task = line.split("]")[0] + "]"
+        elif line.startswith("changed: ["):
+            which.append(f"{task} {line.split(']')[0]}]")
+    assert changed == dict.fromkeys(changed, 0), which
