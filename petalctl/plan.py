@@ -11,15 +11,8 @@ from typing import Any
 from swarm.errors import ConfigError
 from swarm.inventory import gpus_from_inventory, load_inventory, model_settings
 from swarm.modelspecs import QUANTS, known_names, lookup
-from swarm.planner import (
-    DEFAULT_ATTN_CACHE_TOKENS_GQA,
-    describe_changes,
-    plan,
-    plan_to_dict,
-    ranges_from_dict,
-    render_plan_table,
-    replan,
-)
+from swarm.plan_render import plan_to_dict, ranges_from_dict, render_plan_table
+from swarm.planner import DEFAULT_ATTN_CACHE_TOKENS_GQA, describe_changes, plan, replan
 
 
 def _positive_int(text: str) -> int:
@@ -37,8 +30,9 @@ def register(subparsers: Any) -> None:
         "plan",
         help="show which blocks each GPU in the inventory should serve",
         description="Lay the model's blocks out over the inventory's [gpu_servers] GPUs: one "
-        "contiguous range per GPU, every block on --replication servers, load spread evenly. "
-        "Flags override the inventory's [all:vars].",
+        "contiguous range per GPU, every block on --replication servers on distinct hosts "
+        "wherever the hardware allows, load spread evenly. Flags override the inventory's "
+        "variables.",
         epilog=f"Known models: {', '.join(known_names())}.",
     )
     parser.add_argument(
@@ -47,7 +41,8 @@ def register(subparsers: Any) -> None:
         required=True,
         type=Path,
         metavar="INVENTORY",
-        help="Ansible INI inventory; GPU sizes come from petals_gpu_memory_gib on each "
+        help="Ansible inventory, resolved by ansible-inventory when it is installed "
+        "(group_vars/, host_vars/); GPU sizes come from petals_gpu_memory_gib on each "
         "[gpu_servers] host",
     )
     parser.add_argument(
@@ -77,8 +72,9 @@ def register(subparsers: Any) -> None:
         "--previous",
         type=Path,
         metavar="PLAN_JSON",
-        help="a plan printed earlier with --json: keep its ranges where they still fit and "
-        "list the servers that must start, restart or stop (default: plan from scratch)",
+        help="a plan printed earlier with --json, or the layout site.yml read back from the "
+        "hosts (.petals/layout.json): keep its ranges where they still fit and list the "
+        "servers that must start, restart or stop (default: plan from scratch)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=run)

@@ -1,21 +1,35 @@
-"""Read the kit's Ansible INI inventory (without Ansible) and pull out what the planner needs.
+"""Read the kit's Ansible inventory the way Ansible does and pull out what the planner needs.
 
-Supported: ``[group]`` sections with ``host key=value ...`` lines, ``[group:vars]`` and
-``[group:children]`` sections, ``#``/``;`` comments, quoted values, hosts before any section
-(group ``ungrouped``). Not supported: host ranges (``gpu[01:04]``), YAML inventories, directories.
-Variables merge the way Ansible's do: ``all``, then groups from shallow to deep (alphabetical
-within a depth), then the host line. Bad input raises ``ConfigError`` naming host, variable and
-value.
+``load_inventory`` asks Ansible itself (``ansible-inventory -i PATH --list``) when it is
+installed, so group_vars/, host_vars/, YAML inventories and host ranges resolve exactly as
+site.yml sees them. Without Ansible (or when it fails, e.g. on a vaulted file without its
+password) a pure-Python reader takes over: the INI file plus group_vars/ and host_vars/ next to
+it (``NAME.yml``, ``NAME.yaml``, ``NAME.json``, ``NAME`` or a ``NAME/`` folder of such files).
+
+The INI reader supports ``[group]`` sections with ``host key=value ...`` lines, ``[group:vars]``
+and ``[group:children]`` sections, ``#``/``;`` comments, quoted values, hosts before any section
+(group ``ungrouped``); not host ranges (``gpu[01:04]``) or YAML inventories. Variables merge the
+way Ansible's do: ``all``, then groups from shallow to deep (alphabetical within a depth), then
+the host; group_vars/ and host_vars/ files win over the INI file's values of the same level.
+Bad input raises ``ConfigError`` naming host, variable and value.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from swarm.errors import ConfigError
 from swarm.modelspecs import QUANTS
@@ -24,6 +38,10 @@ from swarm.planner import GiB, Gpu
 KIT_GROUPS = ("dht_bootstrap", "gpu_servers", "monitoring", "gateway", "bot", "public_contributors")
 GPU_GROUP = "gpu_servers"
 MEMORY_EXAMPLE = "40,40,40,40"
+
+# ansible-inventory reads a small inventory in a few seconds; a hung one is a bug to report.
+ANSIBLE_INVENTORY_TIMEOUT_S = 120
+_VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -38,6 +56,7 @@ class Inventory:
     children: Mapping[str, tuple[str, ...]]  # [group:children]
     host_vars: Mapping[str, Mapping[str, str]]  # key=value on host lines
     group_vars: Mapping[str, Mapping[str, str]]  # [group:vars]
+    resolved_by: str = "python"  # or "ansible-inventory" (variables merged by Ansible)
 
     def hosts(self, group: str) -> tuple[str, ...]:
         """Hosts of ``group`` and its child groups, in file order; ``all`` is every host."""
@@ -134,20 +153,134 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     )
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    file = Path(path)
-    if file.suffix in (".yml", ".yaml"):
-        raise ConfigError(
-            f"inventory {str(file)!r}: YAML inventories are not supported here; "
-            "use the INI format (see inventory.example.ini)"
+def _text(value: Any) -> str:
+    """A YAML/JSON variable as the INI reader would hold it (lists as ``a,b``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, dict) and "__ansible_vault" in value:
+        return "<vaulted>"
+    return str(value)
+
+
+class _VarsLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``!vault`` and ``!unsafe`` values without their secrets."""
+
+
+_VarsLoader.add_constructor("!vault", lambda loader, node: "<vaulted>")
+_VarsLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
+def _vars_files(folder: Path, name: str) -> list[Path]:
+    files = [folder / f"{name}{suffix}" for suffix in _VARS_SUFFIXES]
+    found = [f for f in files if f.is_file()]
+    if (folder / name).is_dir():
+        found += sorted(
+            f for f in (folder / name).rglob("*") if f.is_file() and f.suffix in _VARS_SUFFIXES
         )
+    return found
+
+
+def _read_vars(folder: Path, name: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for file in _vars_files(folder, name):
+        try:
+            data = yaml.load(file.read_text(encoding="utf-8"), Loader=_VarsLoader)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{file}: cannot be read as YAML ({exc})") from None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping of variables, got {type(data).__name__}")
+        merged.update({str(k): _text(v) for k, v in data.items()})
+    return merged
+
+
+def with_vars_folders(inventory: Inventory, folder: Path) -> Inventory:
+    """``inventory`` plus what group_vars/ and host_vars/ in ``folder`` set (files win)."""
+    groups = {"all", *inventory.members, *inventory.children}
+    group_vars = {g: dict(v) for g, v in inventory.group_vars.items()}
+    for group in sorted(groups):
+        extra = _read_vars(folder / "group_vars", group)
+        if extra:
+            group_vars.setdefault(group, {}).update(extra)
+    host_vars = {h: dict(v) for h, v in inventory.host_vars.items()}
+    for host in host_vars:
+        host_vars[host].update(_read_vars(folder / "host_vars", host))
+    return Inventory(inventory.source, inventory.members, inventory.children, host_vars, group_vars)
+
+
+def _ansible_inventory_command() -> str | None:
+    beside_python = Path(sys.executable).parent / "ansible-inventory"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    return shutil.which("ansible-inventory")
+
+
+def from_ansible_list(data: Any, source: str) -> Inventory:
+    """An ``Inventory`` from ``ansible-inventory --list`` output (variables already merged)."""
+    if not isinstance(data, dict) or not isinstance(data.get("_meta"), dict):
+        raise ConfigError(f"inventory {source}: ansible-inventory printed no _meta.hostvars")
+    hostvars = data["_meta"].get("hostvars") or {}
+    members: dict[str, tuple[str, ...]] = {}
+    children: dict[str, tuple[str, ...]] = {}
+    for group, body in data.items():
+        if group == "_meta" or not isinstance(body, dict):
+            continue
+        members[group] = tuple(str(h) for h in body.get("hosts", ()))
+        if body.get("children"):
+            children[group] = tuple(str(c) for c in body["children"])
+    hosts = [h for group in members.values() for h in group]
+    host_vars = {
+        host: {str(k): _text(v) for k, v in (hostvars.get(host) or {}).items()}
+        for host in dict.fromkeys(hosts)
+    }
+    return Inventory(source, members, children, host_vars, {}, resolved_by="ansible-inventory")
+
+
+def _via_ansible(file: Path) -> Inventory | None:
+    command = _ansible_inventory_command()
+    if command is None:
+        return None
+    try:
+        done = subprocess.run(
+            [command, "-i", str(file), "--list"],
+            capture_output=True,
+            text=True,
+            timeout=ANSIBLE_INVENTORY_TIMEOUT_S,
+            check=False,
+            env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return from_ansible_list(json.loads(done.stdout), str(file))
+    except json.JSONDecodeError:
+        return None
+
+
+def load_inventory(path: str | Path, *, use_ansible: bool = True) -> Inventory:
+    """The inventory as Ansible resolves it (see the module docstring for the fallback)."""
+    file = Path(path)
     if not file.is_file():
         raise ConfigError(f"inventory {str(file)!r} does not exist or is not a file")
+    if use_ansible:
+        resolved = _via_ansible(file)
+        if resolved is not None:
+            return resolved
+    if file.suffix in (".yml", ".yaml"):
+        raise ConfigError(
+            f"inventory {str(file)!r}: YAML inventories need Ansible installed "
+            "(ansible-inventory); without it use the INI format (see inventory.example.ini)"
+        )
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"inventory {str(file)!r} cannot be read ({exc})") from None
-    return parse_inventory(text, source=str(file))
+    return with_vars_folders(parse_inventory(text, source=str(file)), file.parent)
 
 
 # --- What the planner needs ----------------------------------------------------------------------

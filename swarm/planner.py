@@ -2,11 +2,14 @@
 
 Pure and deterministic (records in, block ranges out), in the spirit of petals'
 ``server/block_selection.py``. One Petals server per GPU serves one contiguous range, so a plan is
-one ``[start, end)`` per GPU. ``plan`` lays the model out from scratch; ``replan`` keeps every
-running range that still fits and only fills the gaps.
+one ``[start, end)`` per GPU. ``plan`` lays the model out from scratch, each block's replicas on
+distinct hosts wherever the hardware allows (the host is the failure domain; the combinatorics
+are in ``swarm.plan_cover``); ``replan`` keeps every running range that still fits and only fills
+the gaps. Tables and JSON: ``swarm.plan_render``.
 
 Errors: ``PlanError`` (a ``ConfigError``, exit 2) when the GPUs cannot hold the requested
-replication or the arguments are invalid; the message says what is missing.
+replication or the arguments are invalid; the message says what is missing and how many GPUs of
+which size would close the gap.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
 
 from swarm.errors import ConfigError
 from swarm.modelspecs import (
@@ -24,6 +26,7 @@ from swarm.modelspecs import (
     attention_cache_bytes_per_token_per_block,
     block_bytes,
 )
+from swarm.plan_cover import best_layout, conflicts, cover_lines, host_loss, max_lines
 
 GiB = 1024**3
 
@@ -40,6 +43,9 @@ DEVICE_RESERVE_BYTES = 3 * GiB // 2
 BACKWARD_RESERVE_BYTES_PER_HIDDEN_UNIT = 2 * GiB / 14336
 # CPU-mode (test) servers run float32: bitsandbytes quantization needs CUDA.
 CPU_DTYPE: CacheDtype = "fp32"
+# Sizes offered when the GPUs fall short ("adding 2 more GPUs of 48 GiB would close it"), next
+# to the sizes already in the inventory.
+SUGGESTED_GPU_GIB = (24, 48, 80, 141)
 # With these, a 40 GB A100 holds 22 bf16 70B blocks and 76 nf4 blocks (the runtime guide: ~22/~78).
 
 GpuKey = tuple[str, int]
@@ -102,6 +108,23 @@ class Plan:
     def ranges(self) -> dict[GpuKey, BlockRange]:
         return {a.gpu.key: (a.start, a.end) for a in self.assignments if a.num_blocks}
 
+    def _by_position(self) -> tuple[dict[int, BlockRange], list[str]]:
+        ranges = {n: (a.start, a.end) for n, a in enumerate(self.assignments) if a.num_blocks}
+        return ranges, [a.gpu.host for a in self.assignments]
+
+    def host_conflicts(self) -> int:
+        """Block replicas sharing a host with another replica of the same block (0: none)."""
+        return conflicts(*self._by_position(), self.num_layers)
+
+    def servers_left_after_losing_a_host(self) -> int:
+        """The fewest servers any block keeps when any one host goes down."""
+        return host_loss(*self._by_position(), self.num_layers)
+
+
+def size_text(n: int, digits: int = 1) -> str:
+    """Bytes as GiB, or MiB below one GiB."""
+    return f"{n / GiB:.{digits}f} GiB" if n >= GiB else f"{n / 2**20:.{digits}f} MiB"
+
 
 def reserve_bytes(spec: ModelSpec) -> int:
     return DEVICE_RESERVE_BYTES + round(BACKWARD_RESERVE_BYTES_PER_HIDDEN_UNIT * spec.hidden_size)
@@ -112,23 +135,30 @@ def default_attn_cache_tokens(spec: ModelSpec) -> int:
     return DEFAULT_ATTN_CACHE_TOKENS_GQA if gqa else DEFAULT_ATTN_CACHE_TOKENS_MHA
 
 
-def bytes_per_block(gpu: Gpu, spec: ModelSpec, quant: str, attn_cache_tokens: int) -> int:
-    """Weights plus attention cache of one block on this device."""
+def bytes_per_block(
+    gpu: Gpu, spec: ModelSpec, quant: str, attn_cache_tokens: int, extra_bytes_per_block: int = 0
+) -> int:
+    """Weights plus attention cache of one block on this device, plus ``extra_bytes_per_block``.
+
+    ``extra_bytes_per_block`` is the hook for per-block memory the weights and cache do not
+    show (for example a model's rotary tables); it is added as given.
+    """
     if gpu.cpu:
         weights = block_bytes(spec, "bf16", weight_dtype=CPU_DTYPE)
         cache = attention_cache_bytes_per_token_per_block(spec, CPU_DTYPE)
     else:
         weights = block_bytes(spec, quant)
         cache = attention_cache_bytes_per_token_per_block(spec, "bf16")
-    return weights + cache * attn_cache_tokens
+    return weights + cache * attn_cache_tokens + extra_bytes_per_block
 
 
-def block_capacity(gpu: Gpu, spec: ModelSpec, quant: str, attn_cache_tokens: int) -> int:
+def block_capacity(
+    gpu: Gpu, spec: ModelSpec, quant: str, attn_cache_tokens: int, extra_bytes_per_block: int = 0
+) -> int:
     """How many blocks one server on this device can hold (at most the model's block count)."""
     free = gpu.memory_bytes - reserve_bytes(spec)
-    return min(
-        spec.num_layers, max(0, free // bytes_per_block(gpu, spec, quant, attn_cache_tokens))
-    )
+    per_block = bytes_per_block(gpu, spec, quant, attn_cache_tokens, extra_bytes_per_block)
+    return min(spec.num_layers, max(0, free // per_block))
 
 
 @dataclass(frozen=True)
@@ -142,10 +172,15 @@ class _Inputs:
     attn_cache_tokens: int
     per_block: tuple[int, ...]
     caps: tuple[int, ...]
+    extra_bytes_per_block: int = 0
 
     @property
     def num_layers(self) -> int:
         return self.spec.num_layers
+
+    @property
+    def hosts(self) -> list[str]:
+        return [g.host for g in self.gpus]
 
     def finish(self, ranges: Mapping[int, BlockRange]) -> Plan:
         reserve = reserve_bytes(self.spec)
@@ -173,6 +208,7 @@ def _validate(
     quant: str,
     replication: int,
     attn_cache_tokens: int | None,
+    extra_bytes_per_block: int = 0,
 ) -> _Inputs:
     if quant not in QUANTS:
         raise PlanError(f"quant={quant!r} is not supported (accepted: {', '.join(QUANTS)})")
@@ -181,6 +217,11 @@ def _validate(
     tokens = default_attn_cache_tokens(spec) if attn_cache_tokens is None else attn_cache_tokens
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise PlanError(f"attn_cache_tokens={tokens!r} is not allowed (accepted: an integer >= 1)")
+    extra = extra_bytes_per_block
+    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+        raise PlanError(
+            f"extra_bytes_per_block={extra!r} is not allowed (accepted: an integer >= 0)"
+        )
     if not gpus:
         raise PlanError("no GPUs to plan for (give each GPU server its petals_gpu_memory_gib)")
     seen: set[GpuKey] = set()
@@ -190,9 +231,9 @@ def _validate(
         seen.add(gpu.key)
         if gpu.memory_bytes <= 0:
             raise PlanError(f"{gpu.label}: memory_bytes={gpu.memory_bytes} must be positive")
-    per_block = tuple(bytes_per_block(g, spec, quant, tokens) for g in gpus)
-    caps = tuple(block_capacity(g, spec, quant, tokens) for g in gpus)
-    return _Inputs(tuple(gpus), spec, quant, replication, tokens, per_block, caps)
+    per_block = tuple(bytes_per_block(g, spec, quant, tokens, extra) for g in gpus)
+    caps = tuple(block_capacity(g, spec, quant, tokens, extra) for g in gpus)
+    return _Inputs(tuple(gpus), spec, quant, replication, tokens, per_block, caps, extra)
 
 
 def _require_capacity(inputs: _Inputs) -> None:
@@ -205,10 +246,10 @@ def _require_capacity(inputs: _Inputs) -> None:
     raise PlanError(
         f"need {need} block slots for {layers} blocks x{copies} "
         f"{'replica' if copies == 1 else 'replicas'} in {inputs.quant}, "
-        f"the GPUs hold {held} (missing {missing} blocks ≈ {_size(missing * size)} of GPU "
-        f"memory at {_size(size, 2)} per block with a {inputs.attn_cache_tokens}-token "
-        f"attention cache; {_reach_hint(inputs)}); add GPUs or quantize (int8, nf4)"
-        + (" or lower the replication" if copies > 1 else "")
+        f"the GPUs hold {held} (missing {missing} blocks ≈ {size_text(missing * size)} of GPU "
+        f"memory at {size_text(size, 2)} per block with a {inputs.attn_cache_tokens}-token "
+        f"attention cache; {_reach_hint(inputs)}; {_shortfall_hint(inputs)}); "
+        "add GPUs or quantize (int8, nf4)" + (" or lower the replication" if copies > 1 else "")
     )
 
 
@@ -222,77 +263,26 @@ def _coverage(ranges: Iterable[BlockRange], num_layers: int | None = None) -> tu
     return tuple(accumulate(delta[:size]))
 
 
-# --- Fresh plans: split the devices into `replication` lines, each holding every block once ------
-# A range family that covers every block R times can always be split into R single covers (true
-# for intervals on a line), so "R groups whose capacities each reach num_layers" is exactly the
-# feasibility condition; the two greedy splits below find one in all but contrived cases.
+# --- Fresh plans: `replication` lines, each holding every block once, hosts kept apart ---------
 
 
-def _split_balanced(caps: Sequence[int], order: list[int], lines: int) -> list[list[int]]:
-    """Largest first onto the line with the least capacity so far: lines end up even."""
-    groups: list[list[int]] = [[] for _ in range(lines)]
-    sums = [0] * lines
-    for i in order:
-        target = min(range(lines), key=lambda k: (sums[k], k))
-        groups[target].append(i)
-        sums[target] += caps[i]
-    return groups
-
-
-def _split_filling(caps: Sequence[int], order: list[int], lines: int, need: int) -> list[list[int]]:
-    """Fill one line at a time, topping it off with the smallest device that completes it."""
-    left = list(order)  # largest capacity first
-    groups: list[list[int]] = []
-    for _ in range(lines):
-        if not left:
-            break
-        group = [left.pop(0)]
-        while sum(caps[i] for i in group) < need and left:
-            gap = need - sum(caps[i] for i in group)
-            fitting = [i for i in left if caps[i] >= gap]
-            pick = fitting[-1] if fitting else left[0]
-            left.remove(pick)
-            group.append(pick)
-        groups.append(group)
-    for i in left:  # spread the rest like _split_balanced
-        target = min(range(len(groups)), key=lambda k: (sum(caps[j] for j in groups[k]), k))
-        groups[target].append(i)
-    return groups
-
-
-def _lay_out_line(
-    members: list[int], caps: Sequence[int], num_layers: int
-) -> dict[int, BlockRange]:
-    """Blocks 0..num_layers-1 over the line's devices in order, in proportion to capacity."""
-    total = sum(caps[i] for i in members)
-    counts = {i: num_layers * caps[i] // total for i in members}
-    by_remainder = sorted(members, key=lambda i: (-(num_layers * caps[i] % total), i))
-    for i in by_remainder[: num_layers - sum(counts.values())]:
-        counts[i] += 1  # never exceeds caps[i]: a full remainder only exists below the cap
-    ranges, start = {}, 0
-    for i in members:
-        ranges[i] = (start, start + counts[i])
-        start += counts[i]
+def _fresh_ranges(inputs: _Inputs) -> dict[int, BlockRange]:
+    ranges = best_layout(inputs.caps, inputs.hosts, inputs.replication, inputs.num_layers)
+    if ranges is None:
+        layers, copies = inputs.num_layers, inputs.replication
+        raise PlanError(
+            f"the GPUs hold {sum(inputs.caps)} block slots, enough for {layers} blocks x{copies} "
+            "in total, but one server per GPU serves one contiguous range and the GPUs cannot be "
+            f"grouped into {copies} sets that each hold all {layers} blocks; "
+            f"{_reach_hint(inputs)}; {_shortfall_hint(inputs)}. Lower the replication, "
+            "shrink the attention cache or add GPUs"
+        )
     return ranges
-
-
-def _find_lines(caps: Sequence[int], lines: int, layers: int) -> list[list[int]] | None:
-    order = sorted((i for i, c in enumerate(caps) if c > 0), key=lambda i: (-caps[i], i))
-    for groups in (
-        _split_balanced(caps, order, lines),
-        _split_filling(caps, order, lines, layers),
-    ):
-        if len(groups) == lines and all(sum(caps[i] for i in g) >= layers for g in groups):
-            return [sorted(g) for g in groups]
-    return None
 
 
 def reachable_replication(caps: Sequence[int], layers: int) -> int:
     """The highest replication devices with these block capacities reach (0: not one copy)."""
-    for lines in range(sum(caps) // layers, 0, -1):
-        if _find_lines(caps, lines, layers) is not None:
-            return lines
-    return 0
+    return max_lines(caps, layers)
 
 
 def _reach_hint(inputs: _Inputs) -> str:
@@ -302,20 +292,32 @@ def _reach_hint(inputs: _Inputs) -> str:
     return f"these GPUs reach replication {reach}"
 
 
-def _fresh_ranges(inputs: _Inputs) -> dict[int, BlockRange]:
-    caps, layers, copies = inputs.caps, inputs.num_layers, inputs.replication
-    groups = _find_lines(caps, copies, layers)
-    if groups is None:
-        raise PlanError(
-            f"the GPUs hold {sum(caps)} block slots, enough for {layers} blocks x{copies} in "
-            "total, but one server per GPU serves one contiguous range and the GPUs cannot be "
-            f"grouped into {copies} sets that each hold all {layers} blocks; "
-            f"{_reach_hint(inputs)}. Lower the replication, shrink the attention cache or add GPUs"
+def _shortfall_hint(inputs: _Inputs) -> str:
+    """How many more devices of which size would make the plan possible."""
+    cpu = all(g.cpu for g in inputs.gpus)
+    sizes = {round(g.memory_bytes / GiB) for g in inputs.gpus if g.cpu == cpu}
+    if not cpu:
+        sizes |= set(SUGGESTED_GPU_GIB)
+    options: list[tuple[int, int]] = []
+    layers, copies = inputs.num_layers, inputs.replication
+    for size in sorted(sizes):
+        extra = Gpu("new", 0, size * GiB, cpu=cpu)
+        cap = block_capacity(
+            extra, inputs.spec, inputs.quant, inputs.attn_cache_tokens, inputs.extra_bytes_per_block
         )
-    ranges: dict[int, BlockRange] = {}
-    for group in groups:
-        ranges.update(_lay_out_line(group, caps, layers))
-    return ranges
+        if cap == 0:
+            continue
+        for count in range(1, copies * (layers // cap + 1) + 1):
+            if cover_lines([*inputs.caps, *[cap] * count], copies, layers) is not None:
+                options.append((count, size))
+                break
+    if not options:
+        return "no single device size closes the gap"
+    options.sort()
+    (count, size), others = options[0], options[1:3]
+    kind = ("CPU host" if cpu else "GPU") + ("" if count == 1 else "s")
+    alternatives = "".join(f", or {n} of {gib} GiB" for n, gib in others)
+    return f"adding {count} more {kind} of {size} GiB{alternatives} would close it"
 
 
 def plan(
@@ -325,9 +327,11 @@ def plan(
     quant: str = "bf16",
     replication: int = 1,
     attn_cache_tokens: int | None = None,
+    extra_bytes_per_block: int = 0,
 ) -> Plan:
-    """Lay out ``spec``'s blocks so each has ``replication`` servers, load spread evenly."""
-    inputs = _validate(gpus, spec, quant, replication, attn_cache_tokens)
+    """Lay out ``spec``'s blocks so each has ``replication`` servers on as many hosts as the
+    hardware allows, load spread evenly (see ``_fresh_ranges`` for the order of preference)."""
+    inputs = _validate(gpus, spec, quant, replication, attn_cache_tokens, extra_bytes_per_block)
     _require_capacity(inputs)
     return inputs.finish(_fresh_ranges(inputs))
 
@@ -448,17 +452,22 @@ def replan(
     quant: str = "bf16",
     replication: int = 1,
     attn_cache_tokens: int | None = None,
+    extra_bytes_per_block: int = 0,
 ) -> Plan:
     """A plan for ``gpus`` that changes as few running servers as it can.
 
-    ``previous`` is a Plan or the ranges that run now (``ranges_from_dict`` of a saved plan).
+    ``previous`` is a Plan or the ranges that run now (``swarm.plan_render.ranges_from_dict``
+    of a saved plan or of the layout the hosts report).
     Devices whose previous range still fits keep it. Blocks left short are covered by idle
     devices first (new servers, nobody restarts), then by widening running ranges (that server
     restarts, but drops none of its blocks). Devices still idle after that take the least-served
-    window. Only if that cannot reach the target is a fresh plan made, with its ranges matched to
-    the old ones among devices of equal capacity.
+    window. Only if that cannot reach the target, or the repair puts replicas of a block on one
+    host that the running servers kept apart (and a fresh plan would not), is a fresh plan made
+    (replan never restarts servers merely to improve on today's host sharing), with its
+    ranges matched to the old ones among devices of equal capacity (unless that matching puts
+    replicas back together).
     """
-    inputs = _validate(gpus, spec, quant, replication, attn_cache_tokens)
+    inputs = _validate(gpus, spec, quant, replication, attn_cache_tokens, extra_bytes_per_block)
     _require_capacity(inputs)
     old = previous.ranges() if isinstance(previous, Plan) else dict(previous)
     kept = {}
@@ -466,11 +475,24 @@ def replan(
         start, end = old.get(gpu.key, (0, 0))
         if 0 <= start < end <= inputs.num_layers and end - start <= inputs.caps[i]:
             kept[i] = (start, end)
-    ranges = _repair(inputs, kept)
-    if ranges is None:
-        ranges = _align(inputs, _fresh_ranges(inputs), old)
-    else:
-        _add_spares(inputs, ranges)
+    hosts, layers = inputs.hosts, inputs.num_layers
+    repaired = _repair(inputs, kept)
+    if repaired is not None and conflicts(repaired, hosts, layers) <= conflicts(
+        kept, hosts, layers
+    ):
+        _add_spares(inputs, repaired)
+        return inputs.finish(repaired)
+    fresh = _fresh_ranges(inputs)
+    if repaired is not None and conflicts(repaired, hosts, layers) <= conflicts(
+        fresh, hosts, layers
+    ):
+        _add_spares(inputs, repaired)
+        return inputs.finish(repaired)
+    # A fresh layout keeps replicas apart that keeping the running ranges would put on one
+    # host: the host stays the failure domain, at the price of more restarts.
+    ranges = _align(inputs, fresh, old)
+    if conflicts(ranges, hosts, layers) > conflicts(fresh, hosts, layers):
+        ranges = fresh
     return inputs.finish(ranges)
 
 
@@ -491,116 +513,3 @@ def describe_changes(previous: Mapping[GpuKey, BlockRange], new: Plan) -> list[s
         elif before is not None and after is not None:
             lines.append(f"{label}: restart {before[0]}:{before[1]} -> {after[0]}:{after[1]}")
     return lines
-
-
-# --- Output ------------------------------------------------------------------------------------
-
-
-def coverage_runs(plan: Plan) -> list[tuple[int, int, int]]:
-    """(first, last, servers) for runs of consecutive blocks with the same number of servers."""
-    runs: list[tuple[int, int, int]] = []
-    for block, servers in enumerate(plan.coverage()):
-        if runs and runs[-1][2] == servers:
-            runs[-1] = (runs[-1][0], block, servers)
-        else:
-            runs.append((block, block, servers))
-    return runs
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
-
-
-def _size(n: int, digits: int = 1) -> str:
-    return f"{n / GiB:.{digits}f} GiB" if n >= GiB else f"{n / 2**20:.{digits}f} MiB"
-
-
-def render_plan_table(plan: Plan) -> str:
-    """A plain-text table: one row per device, then servers per block."""
-    rows = [("HOST", "GPU", "MEMORY", "BLOCKS", "COUNT", "PLANNED")]
-    notes = []
-    for a in plan.assignments:
-        blocks = f"{a.start}:{a.end}" if a.num_blocks else "-"
-        planned = _gib(a.memory_planned_bytes) if a.num_blocks else "-"
-        gpu = "cpu" if a.gpu.cpu else str(a.gpu.index)
-        rows.append((a.gpu.host, gpu, _gib(a.gpu.memory_bytes), blocks, str(a.num_blocks), planned))
-        if a.capacity == 0:
-            need = _gib(a.reserve_bytes + a.bytes_per_block)
-            notes.append(f"{a.gpu.label}: too small for one block (needs at least {need}), idle")
-        elif not a.num_blocks:
-            notes.append(f"{a.gpu.label}: not needed for this plan, idle")
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    right = {1, 4}
-    table = [
-        "  ".join(
-            cell.rjust(w) if c in right else cell.ljust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-    slots = sum(a.capacity for a in plan.assignments)
-    header = [
-        f"Model {plan.model}: {plan.num_layers} blocks, {plan.quant}, replication target "
-        f"{plan.replication}, attention cache {plan.attn_cache_tokens} tokens per block",
-        "",
-    ]
-    summary = ["", "Servers per block:"]
-    for first, last, servers in coverage_runs(plan):
-        span = f"block {first}" if first == last else f"blocks {first}-{last}"
-        summary.append(f"  {span}: {servers} server{'' if servers == 1 else 's'}")
-    used = sum(a.num_blocks for a in plan.assignments)
-    reach = reachable_replication([a.capacity for a in plan.assignments], plan.num_layers)
-    summary.append(
-        f"Block slots: {used} used of {slots} that fit (these GPUs reach replication {reach})"
-    )
-    return "\n".join(header + table + summary + [f"Note: {n}" for n in notes]) + "\n"
-
-
-def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    """JSON-ready plan; ``hosts`` maps each host to the servers it runs, for the playbooks."""
-    hosts: dict[str, list[dict[str, Any]]] = {}
-    idle = []
-    for a in plan.assignments:
-        if a.num_blocks:
-            hosts.setdefault(a.gpu.host, []).append(
-                {"gpu": a.gpu.index, "cpu": a.gpu.cpu, "start": a.start, "end": a.end}
-            )
-        else:
-            reason = "too small for one block" if a.capacity == 0 else "not needed"
-            idle.append({"host": a.gpu.host, "gpu": a.gpu.index, "reason": reason})
-    return {
-        "model": plan.model,
-        "quant": plan.quant,
-        "replication": plan.replication,
-        "num_blocks": plan.num_layers,
-        "attn_cache_tokens": plan.attn_cache_tokens,
-        "hosts": hosts,
-        "idle": idle,
-        "coverage": [
-            {"start": first, "end": last + 1, "servers": servers}
-            for first, last, servers in coverage_runs(plan)
-        ],
-    }
-
-
-def ranges_from_dict(data: Any) -> dict[GpuKey, BlockRange]:
-    """The running ranges recorded in a ``plan_to_dict`` document (for ``replan``)."""
-    hosts = data.get("hosts") if isinstance(data, dict) else None
-    if not isinstance(hosts, dict):
-        raise PlanError("previous plan: expected a JSON object with a 'hosts' object")
-    ranges: dict[GpuKey, BlockRange] = {}
-    for host, servers in hosts.items():
-        for server in servers if isinstance(servers, list) else [servers]:
-            values = [server.get(k) if isinstance(server, dict) else None for k in _SERVER_KEYS]
-            numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-            if len(numbers) != len(_SERVER_KEYS):
-                raise PlanError(
-                    f"previous plan: host {host!r} has server entry {server!r} "
-                    "(expected {'gpu': int, 'start': int, 'end': int})"
-                )
-            gpu, start, end = numbers
-            ranges[(str(host), gpu)] = (start, end)
-    return ranges
-
-
-_SERVER_KEYS = ("gpu", "start", "end")

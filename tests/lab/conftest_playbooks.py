@@ -259,6 +259,7 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                 # only their files; the gateway and the bot have nothing to talk to.
                 "petals_monitoring_install_packages": False,
                 "petals_monitoring_manage_services": False,
+                "petals_node_exporter_install_packages": False,
                 "petals_health_state": "started" if health else "stopped",
                 # Fresh coverage for the day-2 waits; fewer probe generations on 2 cores.
                 "petals_health_env": {
@@ -266,6 +267,7 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                     "PETALS_HEALTH_PROBE_INTERVAL_S": 300,
                 },
                 "petals_gateway_state": "stopped",
+                "petals_gateway_allow_anonymous": True,
                 "petals_bot_state": "stopped",
                 **({} if health else {"petals_day2_health_url": ""}),
             }

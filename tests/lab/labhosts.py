@@ -278,6 +278,10 @@ class Lab:
                 proc.kill()
                 proc.wait()
 
+    def is_running(self, host: str) -> bool:
+        """Whether the host's nspawn is up (False after stop_host)."""
+        return self._procs[host].poll() is None
+
     def start_host(self, host: str) -> str:
         """Boot a stopped host again; returns its systemd state once it is up."""
         if self._procs[host].poll() is None:

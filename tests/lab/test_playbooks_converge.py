@@ -222,6 +222,44 @@ def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> 
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     health = f"{lab.ip(SERVICE_HOST)}:9160"
     assert jobs["petals-health"]["static_configs"] == [{"targets": [health]}]
+    assert jobs["petals-gateway"]["static_configs"] == [
+        {"targets": [f"{lab.ip(SERVICE_HOST)}:8000"]}
+    ]
+    assert jobs["petals-bot"]["static_configs"] == [{"targets": [f"{lab.ip(SERVICE_HOST)}:8095"]}]
+    nodes = yaml.safe_load(lab.ssh(SERVICE_HOST, "cat /etc/prometheus/file_sd/node.yml").stdout)
+    assert sorted(t for entry in nodes for t in entry["targets"]) == sorted(
+        f"{lab.ip(h)}:9100" for h in {*SERVER_HOSTS, SERVICE_HOST, PUBLIC_HOST}
+    )
     alertmanager = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())
     hooks = [h["url"] for r in alertmanager["receivers"] for h in r.get("webhook_configs", [])]
     assert hooks == [f"http://{lab.ip(SERVICE_HOST)}:8095/alertmanager"]
+
+
+def test_services_run_as_their_own_users_and_cannot_read_server_keys(swarm_lab: SwarmLab) -> None:
+    lab = swarm_lab.lab
+    # SERVICE_HOST is also a GPU server: its server-0 key lives next to these services.
+    for user in ("petals-health", "petals-gateway", "petals-bot"):
+        key = lab.ssh(
+            SERVICE_HOST, f"runuser -u {user} -- cat /var/lib/petals/identities/server-0.id"
+        )
+        assert key.returncode != 0 and "Permission denied" in key.stderr, (user, key.stderr)
+        toml = lab.ssh(SERVICE_HOST, f"runuser -u {user} -- cat /etc/petals/swarm.toml")
+        assert toml.returncode == 0, (user, toml.stderr)
+    if swarm_lab.health:
+        unit = swarm_lab.unit(SERVICE_HOST, "petals-health.service", "MainPID", "ActiveState")
+        assert unit["ActiveState"] == "active", unit
+        user = lab.ssh(SERVICE_HOST, f"ps -o user= -p {unit['MainPID']}").stdout.strip()
+        assert user == "petals-health"
+
+
+def test_check_mode_on_the_converged_lab_changes_nothing(swarm_lab: SwarmLab) -> None:
+    res = swarm_lab.playbook("site.yml", "--check", "--diff")
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    changed = {host: counts["changed"] for host, counts in parse_recap(res.stdout).items()}
+    task, which = "", []
+    for line in res.stdout.splitlines():  # name the tasks that would change something
+        if line.startswith("TASK ["):
+            task = line.split("]")[0] + "]"
+        elif line.startswith("changed: ["):
+            which.append(f"{task} {line.split(']')[0]}]")
+    assert changed == dict.fromkeys(changed, 0), which

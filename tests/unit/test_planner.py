@@ -7,18 +7,15 @@ from hypothesis import strategies as st
 
 from swarm.errors import ConfigError
 from swarm.modelspecs import ModelSpec, lookup, spec_from_config
+from swarm.plan_render import coverage_runs, plan_to_dict, ranges_from_dict, render_plan_table
 from swarm.planner import (
     GiB,
     Gpu,
     Plan,
     PlanError,
     block_capacity,
-    coverage_runs,
     describe_changes,
     plan,
-    plan_to_dict,
-    ranges_from_dict,
-    render_plan_table,
     replan,
 )
 
