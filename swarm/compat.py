@@ -72,7 +72,31 @@ def apply() -> None:
         if not hasattr(hivemind, name):
             setattr(hivemind, name, value)
     _apply_llama3_rope()
+    _no_nat_port_map()
     _applied = True
+
+
+def _no_nat_port_map() -> None:
+    """Start every p2pd of this process with NAT port mapping off.
+
+    hivemind's ``P2P.create`` defaults to ``nat_port_map=True``: p2pd then asks the router
+    (UPnP/NAT-PMP) to forward the swarm port from outside, which a private swarm on a university
+    network must never do. Neither petals' CLIs nor its client expose the option, and one process
+    creates several P2P instances (a server's DHT and reachability probe, a client's DHT), so the
+    default is replaced at the source for every process that imports petals through this module.
+    """
+    from hivemind.p2p import P2P
+
+    if getattr(P2P.create, "_kit_private", False):
+        return
+    create = P2P.create.__func__
+
+    async def create_private(cls: type, *args: object, **kwargs: object) -> object:
+        kwargs["nat_port_map"] = False
+        return await create(cls, *args, **kwargs)
+
+    create_private._kit_private = True  # type: ignore[attr-defined]
+    P2P.create = classmethod(create_private)
 
 
 def _apply_llama3_rope() -> None:

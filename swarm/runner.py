@@ -8,7 +8,7 @@ A private swarm makes no calls outside: petals' server asks PyPI for the latest 
 every start (``validate_version``); the runner replaces that with a log line of the version, and
 the launcher always passes ``--skip_reachability_check`` (petals' check calls a public service)
 and a fixed ``--throughput`` (otherwise petals runs an internet speed test). Every p2pd the
-process starts runs without NAT port mapping (see ``_private_p2p``).
+process starts runs without NAT port mapping (``swarm.compat`` turns it off for every P2P instance).
 """
 
 from __future__ import annotations
@@ -22,25 +22,6 @@ ENTRY_POINTS = {
     "server": "petals.cli.run_server",
     "dht": "petals.cli.run_dht",
 }
-
-
-def _private_p2p() -> None:
-    """Start every p2pd of this process with NAT port mapping off.
-
-    hivemind's ``P2P.create`` defaults to ``nat_port_map=True``: p2pd then asks the router
-    (UPnP/NAT-PMP) to forward the swarm port from outside, which a private swarm on a university
-    network must never do. Neither petals CLI exposes the option, and the server creates several
-    P2P instances (its DHT, the reachability probe), so the default is replaced at the source.
-    """
-    from hivemind.p2p import P2P
-
-    create = P2P.create.__func__
-
-    async def create_private(cls: type, *args: object, **kwargs: object) -> object:
-        kwargs["nat_port_map"] = False
-        return await create(cls, *args, **kwargs)
-
-    P2P.create = classmethod(create_private)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     end_group_when_orphaned()
 
     import swarm.compat  # noqa: F401  (must precede petals)
-
-    _private_p2p()
 
     module = importlib.import_module(ENTRY_POINTS[args[0]])
     if hasattr(module, "validate_version"):
