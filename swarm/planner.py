@@ -25,6 +25,7 @@ from swarm.modelspecs import (
     ModelSpec,
     attention_cache_bytes_per_token_per_block,
     block_bytes,
+    rope_table_bytes_per_block,
 )
 from swarm.plan_cover import best_layout, conflicts, cover_lines, host_loss, max_lines
 
@@ -135,21 +136,31 @@ def default_attn_cache_tokens(spec: ModelSpec) -> int:
     return DEFAULT_ATTN_CACHE_TOKENS_GQA if gqa else DEFAULT_ATTN_CACHE_TOKENS_MHA
 
 
+def server_max_session_tokens(spec: ModelSpec) -> int:
+    """The longest inference session a petals 2.2 server admits by default
+    (``inference_max_length``: 8192 tokens for GQA models, 2048 otherwise)."""
+    gqa = spec.num_key_value_heads < spec.num_attention_heads
+    return 8192 if gqa else 2048
+
+
 def bytes_per_block(
     gpu: Gpu, spec: ModelSpec, quant: str, attn_cache_tokens: int, extra_bytes_per_block: int = 0
 ) -> int:
-    """Weights plus attention cache of one block on this device, plus ``extra_bytes_per_block``.
+    """Weights, attention cache and rotary tables of one block on this device, plus
+    ``extra_bytes_per_block`` (a hook for per-block memory none of these show; added as given).
 
-    ``extra_bytes_per_block`` is the hook for per-block memory the weights and cache do not
-    show (for example a model's rotary tables); it is added as given.
+    Rotary tables are fp32 per block: transformers builds max_position_embeddings rows up front
+    (4 MiB per Llama-2-70B block), the kit's llama3 rope grows them to the longest session a
+    server admits (``server_max_session_tokens``), so Llama-3.1's 131072 positions are not paid.
     """
+    rope = rope_table_bytes_per_block(spec, server_max_session_tokens(spec))
     if gpu.cpu:
         weights = block_bytes(spec, "bf16", weight_dtype=CPU_DTYPE)
         cache = attention_cache_bytes_per_token_per_block(spec, CPU_DTYPE)
     else:
         weights = block_bytes(spec, quant)
         cache = attention_cache_bytes_per_token_per_block(spec, "bf16")
-    return weights + cache * attn_cache_tokens + extra_bytes_per_block
+    return weights + cache * attn_cache_tokens + rope + extra_bytes_per_block
 
 
 def block_capacity(

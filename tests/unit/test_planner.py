@@ -57,8 +57,8 @@ def assert_valid(result: Plan, replication: int) -> None:
     ("gpu", "quant", "tokens", "expected"),
     [
         (Gpu("a", 0, 40 * GiB), "bf16", None, 22),  # the guide: ~22 bf16 blocks on an A100 40 GB
-        (Gpu("a", 0, 40 * GiB), "int8", None, 43),
-        (Gpu("a", 0, 40 * GiB), "nf4", None, 76),  # the guide: ~78
+        (Gpu("a", 0, 40 * GiB), "int8", None, 42),  # rope tables counted (8 MiB per block)
+        (Gpu("a", 0, 40 * GiB), "nf4", None, 75),  # the guide: ~78 (without rope tables)
         (Gpu("a", 0, 40 * GiB), "nf4", 8192, 80),  # a smaller cache: the whole model
         (Gpu("a", 0, 80 * GiB), "bf16", None, 46),
         (Gpu("a", 0, 24 * GiB), "bf16", None, 12),
@@ -183,7 +183,7 @@ def test_load_follows_capacity_in_a_mixed_box() -> None:
 def test_table_shows_every_gpu_and_the_coverage_summary() -> None:
     table = render_plan_table(plan(GORINA7, LLAMA_70B, quant="nf4", replication=2))
     assert table.splitlines()[2].split() == ["HOST", "GPU", "MEMORY", "BLOCKS", "COUNT", "PLANNED"]
-    assert "gorina7    0  40.0 GiB  0:40       40  22.2 GiB" in table
+    assert "gorina7    0  40.0 GiB  0:40       40  22.6 GiB" in table
     assert "  blocks 0-79: 2 servers" in table
 
 
@@ -376,3 +376,18 @@ def test_tiny_model_plans_on_cpu_hosts(sizes: list[int], replication: int) -> No
     spec: ModelSpec = TINY
     result = plan(devices, spec, replication=min(replication, len(devices)))
     assert_valid(result, min(replication, len(devices)))
+
+
+def test_rope_tables_are_counted_as_a_server_allocates_them() -> None:
+    """Llama-3.1's 131072 positions would cost 128 MiB of fp32 rope tables per block if built up
+    front; the kit's llama3 rope grows them to the longest session a server admits (8192)."""
+    from swarm.modelspecs import lookup, rope_table_bytes_per_block
+    from swarm.planner import bytes_per_block, server_max_session_tokens
+
+    llama31 = lookup("meta-llama/Llama-3.1-70B-Instruct")
+    gpu = Gpu("a", 0, 40 * GiB)
+    with_rope = bytes_per_block(gpu, llama31, "bf16", 16384)
+    rope = rope_table_bytes_per_block(llama31, server_max_session_tokens(llama31))
+    assert rope == 2 * 8192 * 128 * 4  # cos + sin, fp32, head_dim 128, 8192 rows
+    assert rope < rope_table_bytes_per_block(llama31, llama31.max_context) // 8
+    assert with_rope == bytes_per_block(gpu, LLAMA_70B, "bf16", 16384)  # same shapes, same rows
