@@ -7,8 +7,6 @@ StableBeluga2 templates. Also: trimming needs O(log turns) tokenizations.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from client.templates import (
@@ -37,11 +35,12 @@ RENDER = {
 
 
 @pytest.fixture(scope="module")
-def tokenizers(tiny_model_dir: Path) -> dict[str, object]:
-    from transformers import AutoTokenizer
+def tokenizers() -> dict[str, object]:
+    # The tiny model's own tokenizer, built without training the model (this is the unit tier).
+    from swarm.models.tiny import build_tokenizer
 
-    llama = AutoTokenizer.from_pretrained(tiny_model_dir)
-    llama3 = AutoTokenizer.from_pretrained(tiny_model_dir)
+    llama = build_tokenizer()
+    llama3 = build_tokenizer()
     llama3.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS})
     return {"llama2": llama, "stablebeluga": llama, "llama3": llama3}
 
