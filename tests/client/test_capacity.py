@@ -56,6 +56,8 @@ def test_more_conversations_than_full_window_reservations_then_a_queue(
         big = GenerationParams(max_new_tokens=left + QUANTUM)
         waits_before = client.recovery_metrics.capacity_waits_total
         stream = client.stream("Tell me about the exam.", big)
+        events: list[bool] = []  # the stream's visible reason: waiting for capacity, then not
+        stream.on_capacity_wait = events.append
         outcome: list[object] = []
         worker = threading.Thread(target=lambda: outcome.append(stream.wait()), daemon=True)
         worker.start()
@@ -64,6 +66,8 @@ def test_more_conversations_than_full_window_reservations_then_a_queue(
             120,
             "the big request to wait for cache",
         )
+        poll(lambda: events == [True], 60, "the stream to say it waits for server capacity")
+        assert stream.waiting_for_capacity
         assert not outcome
         for chat in chats:
             chat.close()
@@ -74,6 +78,7 @@ def test_more_conversations_than_full_window_reservations_then_a_queue(
         assert stats.capacity_wait_s > 0  # type: ignore[attr-defined]
         assert client.recovery_metrics.capacity_waits_total == waits_before + 1
         assert client.recovery_metrics.waiting_for_capacity == 0
+        assert events == [True, False] and not stream.waiting_for_capacity
     finally:
         for chat in chats:
             chat.close()
