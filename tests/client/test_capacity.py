@@ -3,14 +3,18 @@ attention cache (1024 tokens: exactly one full-window reservation of the tiny mo
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from client import ClientSettings, Conversation, GenerationParams, SwarmClient
+from client.gateway.settings import GatewaySettings
 from swarm.localswarm import LocalSwarm
-from tests.client.conftest import client_peer_suffix, inference_sessions, poll
+from tests.client.conftest import GatewayServer, client_peer_suffix, inference_sessions, poll
 from tests.conftest import SwarmFactory
 
 pytestmark = pytest.mark.swarm
@@ -163,3 +167,52 @@ def test_an_outgrown_conversation_reopens_a_larger_session_and_answers_the_same(
     assert len(grown) == 2 and grown[1] > QUANTUM and grown[1] % QUANTUM == 0
     assert not outgrown[1].reused_session  # type: ignore[attr-defined]
     assert [s.text for s in outgrown] == [s.text for s in reference]  # type: ignore[attr-defined]
+
+
+def test_gateway_sse_says_it_waits_for_server_capacity(
+    capacity_client: SwarmClient, tokens_file: tuple[Path, str]
+) -> None:
+    from client.gateway.app import create_app
+
+    settings = GatewaySettings.load(
+        tokens_file=tokens_file[0], rate_limit_per_minute=100000, rate_limit_burst=100000
+    )
+    headers = {"Authorization": f"Bearer {tokens_file[1]}"}
+    chats = [capacity_client.conversation() for _ in range(CONVERSATIONS)]
+    with GatewayServer(create_app(settings, capacity_client)) as gateway:
+        try:
+            for chat in chats:  # hold QUANTUM tokens of cache each
+                chat.send("Hi!", GenerationParams(max_new_tokens=16)).wait()
+            left = CACHE_TOKENS - QUANTUM * CONVERSATIONS
+            model = httpx.get(gateway.url + "/v1/models", headers=headers).json()["data"][0]
+            body = {
+                "model": model["id"],
+                "messages": [{"role": "user", "content": "Tell me about the exam."}],
+                "max_tokens": left + QUANTUM,
+                "temperature": 0,
+                "stream": True,
+            }
+            lines: list[str] = []
+            with httpx.stream(
+                "POST",
+                gateway.url + "/v1/chat/completions",
+                json=body,
+                headers=headers,
+                timeout=240,
+            ) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line:
+                        lines.append(line)
+                    if line == ": waiting for server capacity":
+                        for chat in chats:  # their cache goes back: the request gets its turn
+                            chat.close()
+            assert ": waiting for server capacity" in lines
+            data = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+            assert data[-1]["choices"][0]["finish_reason"] in {"stop", "length"}
+            assert "".join(c["choices"][0]["delta"].get("content") or "" for c in data)
+            assert lines[-1] == "data: [DONE]"
+            assert not any("error" in d for d in data)
+        finally:
+            for chat in chats:
+                chat.close()
