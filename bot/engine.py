@@ -46,6 +46,7 @@ class Generation:
 
 
 TextSink = Callable[[str], None]
+WaitSink = Callable[[bool], None]  # True while the servers' caches are full and the answer waits
 
 
 class Engine(Protocol):
@@ -71,6 +72,7 @@ class Engine(Protocol):
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: WaitSink | None = None,
     ) -> Generation: ...
 
     async def close(self) -> None: ...
@@ -215,6 +217,7 @@ class ClientEngine:
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: WaitSink | None = None,
     ) -> Generation:
         """Stream an answer to ``on_text`` (on the event loop). Cancelled before the first
         token, it returns at once; the worker thread stops at that token."""
@@ -230,6 +233,7 @@ class ClientEngine:
         stop = StreamCancel()
         cancel.add_callback(stop.cancel)
         stream = client.astream(prepared, cancel=stop)
+        stream.on_capacity_wait = on_waiting
         first = asyncio.Event()
 
         async def consume() -> Any:

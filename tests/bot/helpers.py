@@ -67,6 +67,7 @@ class ScriptedEngine:
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: Any = None,
     ) -> Generation:
         self.prompts.append(list(messages))
         if self.fail is not None:
