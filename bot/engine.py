@@ -27,6 +27,7 @@ from swarm.swarm_settings import SwarmSettings
 
 if TYPE_CHECKING:
     from client import ClientSettings, SwarmClient
+    from client.failover import RecoveryMetrics
 
 log = logging.getLogger(__name__)
 MAX_DETAIL = 160  # characters of a swarm error shown to students
@@ -128,6 +129,12 @@ class ClientEngine:
         if self._client is None:
             raise SwarmDown("not connected to the private swarm")
         return self._client
+
+    @property
+    def recovery_metrics(self) -> RecoveryMetrics | None:
+        """The running client's failover counters (None while not connected)."""
+        client = self._client
+        return None if client is None else client.recovery_metrics
 
     def open(self) -> SwarmClient:
         """Blocking: start a client (or return the running one); raises SwarmDown."""

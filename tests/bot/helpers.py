@@ -107,6 +107,10 @@ class RecordingEngine:
         self.prompts: list[list[ChatMessage]] = []
         self.results: list[Generation] = []
 
+    @property
+    def recovery_metrics(self) -> Any:
+        return getattr(self.inner, "recovery_metrics", None)
+
     async def prepare(self) -> None:
         await self.inner.prepare()
 
