@@ -24,6 +24,7 @@ from bot.engine import Engine, Generation
 from bot.errors import AnswerFailed, QuestionRejected, QueueFull
 from bot.formatting import (
     AnswerStats,
+    capacity_line,
     check_question,
     footer,
     queue_line,
@@ -281,6 +282,7 @@ class AnswerService:
                 cancel=job.token,
                 first_token_timeout_s=settings.first_token_timeout_s,
                 timeout_s=settings.answer_timeout_s,
+                on_waiting=lambda waiting: reply.set_status(capacity_line()) if waiting else None,
             )
             return generation, plan
         finally:

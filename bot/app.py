@@ -35,6 +35,8 @@ from bot.settings import BotSettings, load_webhook_secret
 from bot.store import AsyncStore, Store
 from bot.streaming import NETWORK_ERRORS
 from bot.webhook import HttpServer, create_http_app
+from client.failover import RecoveryMetrics
+from client.recovery_metrics import register_recovery_sources
 
 log = logging.getLogger(__name__)
 MAX_REPLIED_CHARS = 1500  # of a replied-to message a mention asks about
@@ -78,6 +80,8 @@ class CourseBot(commands.Bot):
         self.ab_engine = ab_engine
         self.store = AsyncStore(store)
         self.metrics = metrics or BotMetrics()
+        # The client's failover counters (recoveries, capacity waits), per model, on /metrics.
+        register_recovery_sources(self.metrics.registry, self._recovery_sources, ("model",))
         self.jobs = Jobs()
         self.slots = GenerationSlots(settings.max_concurrent, settings.max_queue)
         self.pacers = Pacers(settings.channel_edit_calls, settings.channel_edit_window_s)
@@ -90,6 +94,14 @@ class CourseBot(commands.Bot):
         self.watchdog: DeadMansSwitch | None = None
         self.web: HttpServer | None = None
         self.tree.error(self.on_app_command_error)
+
+    def _recovery_sources(self) -> list[tuple[tuple[str], RecoveryMetrics]]:
+        found = []
+        for engine in filter(None, (self.engine, self.ab_engine)):
+            metrics = getattr(engine, "recovery_metrics", None)  # engines on a SwarmClient
+            if metrics is not None:
+                found.append(((engine.label,), metrics))
+        return found
 
     # ---------------------------------------------------------------- lifecycle
     async def setup_hook(self) -> None:

@@ -27,6 +27,7 @@ from swarm.swarm_settings import SwarmSettings
 
 if TYPE_CHECKING:
     from client import ClientSettings, SwarmClient
+    from client.failover import RecoveryMetrics
 
 log = logging.getLogger(__name__)
 MAX_DETAIL = 160  # characters of a swarm error shown to students
@@ -46,6 +47,7 @@ class Generation:
 
 
 TextSink = Callable[[str], None]
+WaitSink = Callable[[bool], None]  # True while the servers' caches are full and the answer waits
 
 
 class Engine(Protocol):
@@ -71,6 +73,7 @@ class Engine(Protocol):
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: WaitSink | None = None,
     ) -> Generation: ...
 
     async def close(self) -> None: ...
@@ -126,6 +129,12 @@ class ClientEngine:
         if self._client is None:
             raise SwarmDown("not connected to the private swarm")
         return self._client
+
+    @property
+    def recovery_metrics(self) -> RecoveryMetrics | None:
+        """The running client's failover counters (None while not connected)."""
+        client = self._client
+        return None if client is None else client.recovery_metrics
 
     def open(self) -> SwarmClient:
         """Blocking: start a client (or return the running one); raises SwarmDown."""
@@ -215,6 +224,7 @@ class ClientEngine:
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: WaitSink | None = None,
     ) -> Generation:
         """Stream an answer to ``on_text`` (on the event loop). Cancelled before the first
         token, it returns at once; the worker thread stops at that token."""
@@ -230,6 +240,7 @@ class ClientEngine:
         stop = StreamCancel()
         cancel.add_callback(stop.cancel)
         stream = client.astream(prepared, cancel=stop)
+        stream.on_capacity_wait = on_waiting
         first = asyncio.Event()
 
         async def consume() -> Any:

@@ -139,6 +139,11 @@ def queue_line(position: int) -> str:
     return f"{PLACEHOLDER} waiting in line: {position - 1} question(s) ahead of yours…"
 
 
+def capacity_line() -> str:
+    """The placeholder while the question waits because the swarm's servers have no cache free."""
+    return f"{PLACEHOLDER} waiting for a free server: the swarm's memory is full right now…"
+
+
 def check_question(text: str, max_chars: int, prefix: str) -> str | None:
     """Why a question cannot be asked (the reply to send), or None when it can."""
     if not text.strip():

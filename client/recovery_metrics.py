@@ -1,9 +1,10 @@
 """Prometheus view of a client's recoveries (``RecoveryMetrics``), for any /metrics that serves a
-``SwarmClient``: the gateway's, the bot's. A custom collector reads the counters at scrape time."""
+``SwarmClient``: the gateway's, the bot's (labelled by model). A custom collector reads the
+counters at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,20 +35,37 @@ _COUNTERS = {
 }
 
 
+# Where the counters come from, read at each scrape: (label values, metrics) per client.
+Sources = Callable[[], Iterable[tuple[Sequence[str], RecoveryMetrics]]]
+
+
 class RecoveryCollector:
-    def __init__(self, metrics: RecoveryMetrics) -> None:
-        self.metrics = metrics
+    def __init__(self, sources: Sources, labelnames: Sequence[str] = ()) -> None:
+        self.sources, self.labelnames = sources, list(labelnames)
 
     def collect(self) -> Iterator[Metric]:
+        found = list(self.sources())
         for name, (attribute, doc) in _COUNTERS.items():
-            yield CounterMetricFamily(name, doc, value=float(getattr(self.metrics, attribute)))
-        yield GaugeMetricFamily(
+            counter = CounterMetricFamily(name, doc, labels=self.labelnames)
+            for values, metrics in found:
+                counter.add_metric(list(values), float(getattr(metrics, attribute)))
+            yield counter
+        gauge = GaugeMetricFamily(
             "petals_client_requests_waiting_for_capacity",
             "requests waiting now for room in the servers' attention caches",
-            value=float(self.metrics.waiting_for_capacity),
+            labels=self.labelnames,
         )
+        for values, metrics in found:
+            gauge.add_metric(list(values), float(metrics.waiting_for_capacity))
+        yield gauge
 
 
 def register_recovery_metrics(registry: Any, client: Any) -> None:
     """Expose ``client.recovery_metrics`` on ``registry`` (a prometheus CollectorRegistry)."""
-    registry.register(RecoveryCollector(client.recovery_metrics))
+    registry.register(RecoveryCollector(lambda: [((), client.recovery_metrics)]))
+
+
+def register_recovery_sources(registry: Any, sources: Sources, labelnames: Sequence[str]) -> None:
+    """Expose the counters of clients that come and go (the bot's engines connect lazily and
+    reconnect): ``sources()`` lists (label values, RecoveryMetrics) of those running now."""
+    registry.register(RecoveryCollector(sources, labelnames))

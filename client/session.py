@@ -23,6 +23,7 @@ from client.routes import close_route, open_route
 from client.streams import (
     AsyncGenerationStream,
     CancelToken,
+    CapacityWait,
     Emit,
     GenerationStream,
     StreamStats,
@@ -174,7 +175,7 @@ class SwarmSession:
             )
             state.started = started_at
             try:
-                result, waited = self._generate(list(new_ids), params, state)
+                result, waited = self._generate(list(new_ids), params, state, emit)
             except BaseException:
                 self.close()
                 raise
@@ -198,7 +199,7 @@ class SwarmSession:
         )
 
     def _generate(
-        self, new_ids: list[int], params: GenerationParams, state: StreamState
+        self, new_ids: list[int], params: GenerationParams, state: StreamState, emit: Emit
     ) -> tuple[GenerationResult, float]:
         """Generation attempts: the first continues the open session (if any); after a failure,
         a fresh session on a new route gets everything so far as its prompt."""
@@ -209,6 +210,15 @@ class SwarmSession:
         client = self.client
         held = list(self._token_ids)
         recoveries, first_failure, waited, wait_started = 0, None, 0.0, None
+
+        in_line = [False]  # waiting for capacity right now (ends at the first token)
+
+        def stop_waiting() -> None:
+            if in_line[0]:
+                in_line[0] = False
+                client.recovery_metrics.capacity_wait(-1)
+                emit(CapacityWait(False))
+
         while True:
             produced = list(state.token_ids)
             if self._session is None:
@@ -227,6 +237,7 @@ class SwarmSession:
 
                 def decoding(config: Any = route_config) -> None:
                     config.request_timeout = client.options.token_timeout
+                    stop_waiting()
 
                 state.on_token = decoding
                 inputs = torch.tensor([ids], dtype=torch.long) if ids else None
@@ -245,8 +256,7 @@ class SwarmSession:
                         pad_token_id=client.pad_token_id,
                         **kwargs,
                     )
-                if wait_started is not None:
-                    client.recovery_metrics.capacity_wait(-1)
+                stop_waiting()
                 for stall in state.stalls:
                     client.recovery_metrics.recovered(stall)
                 return result, waited
@@ -255,20 +265,22 @@ class SwarmSession:
                     self.release()
                     if wait_started is None:
                         wait_started = time.monotonic()
+                        in_line[0] = True
                         client.recovery_metrics.capacity_wait(+1)
+                        emit(CapacityWait(True))
                         logger.warning(
                             "waiting in line: the servers' attention caches are full (%s)", exc
                         )
                     waited = time.monotonic() - wait_started
                     if state.should_cancel is not None and state.should_cancel():
-                        client.recovery_metrics.capacity_wait(-1)
+                        stop_waiting()
                         elapsed = time.perf_counter() - state.started
                         cancelled = GenerationResult(
                             state.emitted, state.token_ids, None, elapsed, "cancelled"
                         )
                         return cancelled, waited
                     if waited >= client.options.capacity_wait_timeout:
-                        client.recovery_metrics.capacity_wait(-1)
+                        stop_waiting()
                         raise GenerationFailed(
                             f"the trusted servers' attention caches stayed full for "
                             f"{waited:.0f}s (capacity_wait_timeout)"
@@ -276,7 +288,7 @@ class SwarmSession:
                     time.sleep(0.5)  # a queue: others' sessions end or go idle
                     continue
                 if wait_started is not None:
-                    client.recovery_metrics.capacity_wait(-1)
+                    stop_waiting()
                     wait_started = None
                 failure = self._failure(exc)
                 if failure is None:

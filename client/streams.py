@@ -23,7 +23,8 @@ from typing import Any, Literal
 from client.errors import ClientStateError
 
 StopReason = Literal["eos", "stop_sequence", "length", "cancelled"]
-Emit = Callable[[str], None]
+# What a job hands its stream: text deltas (str), and CapacityWait notices.
+Emit = Callable[[Any], None]
 # A job runs in the worker thread: (emit, should_cancel, submitted_at) -> its stats.
 Job = Callable[[Emit, Callable[[], bool], float], "StreamStats"]
 
@@ -69,6 +70,17 @@ class StreamStats:
             return None
         decode = self.elapsed_s - self.time_to_first_token_s
         return (self.completion_tokens - 1) / decode if decode > 0 else None
+
+
+@dataclass(frozen=True)
+class CapacityWait:
+    """A notice from the worker: the request started (True) or stopped (False) waiting in line
+    because the servers report their attention caches full."""
+
+    waiting: bool
+
+
+CapacityCallback = Callable[[bool], None]
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,16 @@ class GenerationStream(Iterator[str]):
         self._result: StreamStats | None = None
         self._error: BaseException | None = None
         self._ended = False
+        # True while the request waits for server capacity; ``on_capacity_wait(waiting)`` is
+        # called on each change, in the thread that iterates (or waits on) the stream.
+        self.waiting_for_capacity = False
+        self.on_capacity_wait: CapacityCallback | None = None
+
+    def _notice(self, item: CapacityWait) -> None:
+        if item.waiting != self.waiting_for_capacity:
+            self.waiting_for_capacity = item.waiting
+            if self.on_capacity_wait is not None:
+                self.on_capacity_wait(item.waiting)
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -129,6 +151,9 @@ class GenerationStream(Iterator[str]):
             self._started = True
             self._worker.start()
         item = self._queue.get()
+        while isinstance(item, CapacityWait):
+            self._notice(item)
+            item = self._queue.get()
         if isinstance(item, str):
             return item
         self._ended = True
@@ -153,6 +178,8 @@ class GenerationStream(Iterator[str]):
                 item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 raise TimeoutError("the generation did not finish in time") from None
+            if isinstance(item, CapacityWait):
+                self._notice(item)
             if isinstance(item, _Failed):
                 self._ended, self._error = True, item.error
                 raise item.error
@@ -198,6 +225,9 @@ class AsyncGenerationStream(AsyncIterator[str]):
         self._worker = _Worker(job, self.cancel_token, self._deliver)
         self._result: StreamStats | None = None
         self._ended = False
+        # As GenerationStream's; ``on_capacity_wait`` is called on the event loop.
+        self.waiting_for_capacity = False
+        self.on_capacity_wait: CapacityCallback | None = None
 
     def _deliver(self, item: Any) -> None:  # called from the worker thread
         loop, target = self._loop, self._queue
@@ -224,6 +254,12 @@ class AsyncGenerationStream(AsyncIterator[str]):
         assert self._queue is not None
         try:
             item = await self._queue.get()
+            while isinstance(item, CapacityWait):
+                if item.waiting != self.waiting_for_capacity:
+                    self.waiting_for_capacity = item.waiting
+                    if self.on_capacity_wait is not None:
+                        self.on_capacity_wait(item.waiting)
+                item = await self._queue.get()
         except asyncio.CancelledError:
             self.cancel_token.cancel()
             raise

@@ -35,6 +35,7 @@ from client.swarm_client import PreparedPrompt
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], responses=openai_responses())
 STARTED = int(time.time())
+WAITING_FOR_CAPACITY = ": waiting for server capacity\n\n"
 
 Service = Annotated[GatewayService, Depends(service_of)]
 Caller = Annotated[str, Depends(caller_name)]
@@ -146,8 +147,9 @@ async def _event_stream(
 ) -> AsyncIterator[str]:
     """SSE events: ``chunk(text, finish_reason)`` shapes each event for its API. While no token
     comes (queued for a slot, or a slow first token) a comment line keeps proxies and clients
-    from timing out; an error after the status line went out becomes an error event, and the
-    stream still ends with ``[DONE]``."""
+    from timing out (``: waiting for server capacity`` while the servers' caches are full); an
+    error after the status line went out becomes an error event, and the stream still ends with
+    ``[DONE]``."""
     started = chunk(None, None)
     if started is not None:
         yield _sse(started)
@@ -159,9 +161,24 @@ async def _event_stream(
         while True:
             pending = asyncio.ensure_future(deltas.__anext__())
             while not pending.done():
-                done, _ = await asyncio.wait({pending}, timeout=service.settings.keepalive_s)
-                if not done:
-                    yield ": keep-alive\n\n"
+                changed = asyncio.ensure_future(outcome.changed.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {pending, changed},
+                        timeout=service.settings.keepalive_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    changed.cancel()
+                if pending.done():
+                    break
+                if outcome.changed.is_set():  # the reason at once, not at the next keep-alive
+                    outcome.changed.clear()
+                    if outcome.waiting_for_capacity:
+                        yield WAITING_FOR_CAPACITY
+                elif not done:
+                    waiting = outcome.waiting_for_capacity
+                    yield WAITING_FOR_CAPACITY if waiting else ": keep-alive\n\n"
             try:
                 delta = pending.result()
             except StopAsyncIteration:

@@ -52,10 +52,17 @@ class Admission:
 
 @dataclass
 class Outcome:
-    """Filled in by ``deltas`` when the stream ends."""
+    """Filled in by ``deltas`` when the stream ends; ``waiting_for_capacity`` follows the
+    stream while it waits for the servers' attention caches (``changed`` is set on each change)."""
 
     stats: StreamStats | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
+    waiting_for_capacity: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def capacity_changed(self, waiting: bool) -> None:
+        self.waiting_for_capacity = waiting
+        self.changed.set()
 
 
 class GatewayService:
@@ -241,6 +248,7 @@ class GatewayService:
         """The answer's text deltas. However the consumer stops (end, error, disconnect: the
         task is cancelled), the generation is cancelled and the caller's slot released."""
         stream = self.client.astream(prepared, cancel=outcome.cancel)
+        stream.on_capacity_wait = outcome.capacity_changed
         self.metrics.active.labels(route).inc()
         try:
             async for delta in stream:

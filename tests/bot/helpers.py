@@ -67,6 +67,7 @@ class ScriptedEngine:
         cancel: CancelToken,
         first_token_timeout_s: float,
         timeout_s: float,
+        on_waiting: Any = None,
     ) -> Generation:
         self.prompts.append(list(messages))
         if self.fail is not None:
@@ -105,6 +106,10 @@ class RecordingEngine:
         self.context_window = inner.context_window
         self.prompts: list[list[ChatMessage]] = []
         self.results: list[Generation] = []
+
+    @property
+    def recovery_metrics(self) -> Any:
+        return getattr(self.inner, "recovery_metrics", None)
 
     async def prepare(self) -> None:
         await self.inner.prepare()

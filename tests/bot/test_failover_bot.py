@@ -95,6 +95,12 @@ async def test_bot_answer_survives_a_crashed_server(
         await asyncio.to_thread(heal, replicated)
     assert killed
     assert client.recovery_metrics.recoveries_total > before
+    # the bot's /metrics shows the client's recovery counters, labelled by model
+    recoveries = bot.metrics.value("petals_client_recoveries_total", model=engine.label)
+    assert recoveries == client.recovery_metrics.recoveries_total
+    exposition = bot.metrics.exposition().decode()
+    assert f'petals_client_recoveries_total{{model="{engine.label}"}}' in exposition
+    assert "# TYPE petals_client_requests_waiting_for_capacity gauge" in exposition
     params = GenerationParams(max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, stop=STOP_SEQUENCES)
     expected = await client.agenerate(engine.prompts[0], params)
     assert answer_text(reply["content"]) == expected.text.strip()
