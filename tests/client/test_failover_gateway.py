@@ -108,10 +108,11 @@ def test_websocket_session_survives_a_crash(
         prompt, GenerationParams(max_new_tokens=200, stop=("\n\n###",))
     ).text
     before = failover_client.recovery_metrics.recoveries_total
-    url = f"{failover_gateway.ws_url}/api/v2/generate?token={tokens_file[1]}"
+    url = f"{failover_gateway.ws_url}/api/v2/generate"
+    auth = {"Authorization": f"Bearer {tokens_file[1]}"}
     replies, killed = [], []
     try:
-        with connect(url, open_timeout=30) as ws:
+        with connect(url, open_timeout=30, additional_headers=auth) as ws:
             ws.send(json.dumps({"type": "open_inference_session", "max_length": 512}))
             assert json.loads(ws.recv(timeout=30)) == {"ok": True}
             ws.send(
