@@ -59,3 +59,40 @@ def test_weights_are_bfloat16_values(flavour_dir: tuple[str, Path]) -> None:
     for name, tensor in load_file(directory / "model.safetensors").items():
         assert tensor.dtype == torch.float32, name
         assert torch.equal(tensor.to(torch.bfloat16).to(torch.float32), tensor), name
+
+
+def test_a_fresh_cache_gets_the_shipped_build_without_training(tmp_path: Path) -> None:
+    from swarm.models.tiny import PREBUILT_DIR
+
+    said: list[str] = []
+    for flavour, spec in FLAVOURS.items():
+        made = ensure_tiny_llama(tmp_path, spec, progress=said.append)
+        assert made.parent == tmp_path and (PREBUILT_DIR / made.name).is_dir(), flavour
+        assert weights_sha256(made) == RECORDED_SHA256[flavour]
+    assert said and all(line.startswith("copying the shipped tiny model") for line in said), said
+
+
+# MKL held to one instruction set, as another CPU would run it (bench/tiny_reproducibility.py).
+ISAS = {
+    "sse4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_the_pinned_build_does_not_depend_on_the_instruction_set(
+    flavour: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped builds come from this pipeline: a short run of it (the same code, 12 training
+    steps instead of hundreds) gives the same bytes whichever instruction set MKL may use."""
+    from dataclasses import replace
+
+    from swarm.models.tiny import make_tiny_llama
+
+    short = replace(FLAVOURS[flavour], train_steps=12)
+    digests = {}
+    for isa, env in ISAS.items():
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        digests[isa] = weights_sha256(make_tiny_llama(tmp_path / isa, short))
+    assert len(set(digests.values())) == 1, digests
