@@ -19,21 +19,10 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
+from tests.chromium import CHROMIUM_FLAGS
 from tests.client.conftest import poll
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--remote-debugging-port=0",
-    "--remote-allow-origins=*",
-]
+FLAGS = [*CHROMIUM_FLAGS, "--remote-debugging-port=0", "--remote-allow-origins=*"]
 
 
 class Browser:

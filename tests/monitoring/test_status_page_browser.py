@@ -13,23 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.chromium import CHROMIUM_FLAGS
 from tests.monitoring.conftest import ARTIFACTS
 from tests.monitoring.procs import require_binary
 from tests.monitoring.synthetic import LLAMA_70B_BLOCKS, peer, server, snapshot
 
 pytestmark = pytest.mark.monitoring
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
 
 
 def llama_70b_swarm():
