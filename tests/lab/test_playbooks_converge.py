@@ -232,7 +232,7 @@ def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> 
     )
     alertmanager = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())
     hooks = [h["url"] for r in alertmanager["receivers"] for h in r.get("webhook_configs", [])]
-    # Every receiver (the Discord route and the Watchdog's dead-man's-switch route) posts to the bot.
+    # Every receiver (Discord, and the Watchdog's dead-man's-switch route) posts to the bot.
     assert len(hooks) == len(alertmanager["receivers"]) >= 2
     assert set(hooks) == {f"http://{lab.ip(SERVICE_HOST)}:8095/alertmanager"}
 
