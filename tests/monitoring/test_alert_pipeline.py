@@ -11,10 +11,7 @@ the gap sets off, holds the coverage alerts back.
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,62 +22,20 @@ import yaml
 from tests.monitoring.conftest import MONITORING, _service
 from tests.monitoring.procs import free_port, http_ok, managed_process, require_binary, wait_until
 from tests.monitoring.synthetic import peer, server, snapshot
+from tests.monitoring.webhook_sink import BOT_PATH, Sink, running_sink
 
 pytestmark = pytest.mark.monitoring
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
-BOT_PATH = "/alertmanager"  # bot/webhook.py's route
 FOR_S = "2s"
 KEEP_FIRING_S = "120s"  # far longer than the test's gap: the alert must hold through it
 
 
-class Sink:
-    """Records every webhook POST (path and JSON body), like the bot's receiver would get it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.received: list[dict[str, Any]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with sink.lock:
-                    sink.received.append({"path": self.path, **body})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{BOT_PATH}"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.received)
-
-    def notifications(self, alertname: str, status: str) -> list[dict[str, Any]]:
-        return [
-            a
-            for body in self.bodies()
-            for a in body["alerts"]
-            if a["labels"]["alertname"] == alertname and a["status"] == status
-        ]
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    sink = Sink()
-    thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_sink() as sink:
         yield sink
-    finally:
-        sink.server.shutdown()
-        sink.server.server_close()
-        thread.join(5)
 
 
 def shortened_rules(tmp_path: Path) -> list[str]:

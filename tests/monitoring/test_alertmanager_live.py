@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import yaml
 
 from tests.monitoring.conftest import MONITORING
 from tests.monitoring.procs import free_port, http_ok, managed_process, require_binary, wait_until
+from tests.monitoring.webhook_sink import Sink, running_sink
 
 pytestmark = pytest.mark.monitoring
 
@@ -25,44 +23,10 @@ CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 PLACEHOLDER_WEBHOOK = "http://127.0.0.1:8095/alertmanager"
 
 
-class Sink:
-    """A webhook receiver on 127.0.0.1 that keeps every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with sink._lock:
-                    sink.received.append({"path": self.path, **body})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alertmanager"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.received)
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    sink = Sink()
-    thread = threading.Thread(target=sink.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_sink() as sink:
         yield sink
-    finally:
-        sink.server.shutdown()
-        sink.server.server_close()
-        thread.join(5)
 
 
 def test_config_routes_everything_to_the_bots_webhook():
