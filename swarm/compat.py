@@ -9,8 +9,10 @@ source build downloads the p2pd binary from GitHub (impossible offline) and whic
 hivemind 1.1.12 ships a manylinux wheel with p2pd inside, but it stopped re-exporting at top level
 the names petals imports (``from hivemind import PeerID, get_logger, anext, ...``).
 This module puts those names back into the ``hivemind`` namespace; nothing in hivemind or petals is
-patched beyond that. It also applies ``swarm.compat_llama3`` (Llama-3.1/3.3 rope for transformers
-4.34.1), which patches two transformers Llama methods.
+patched beyond that, except: ``swarm.compat_llama3`` (Llama-3.1/3.3 rope for transformers
+4.34.1) patches two transformers Llama methods; ``swarm.compat_exit`` makes petals' inference
+sessions close without ever hanging a process (at exit, or against a hung server); and every
+p2pd starts with NAT port mapping off.
 
 bitsandbytes (0.50.2 here, for its CUDA 13 library): petals' ``convert_block`` (Linear8bitLt,
 Int8Params, LinearNF4, Params4bit) works on it unchanged, on CUDA and on bitsandbytes' CPU
@@ -74,6 +76,14 @@ def apply() -> None:
     _apply_llama3_rope()
     _no_nat_port_map()
     _applied = True
+    _apply_exit_patches()  # imports petals, so only once hivemind has the names petals needs
+
+
+def _apply_exit_patches() -> None:
+    """Closing petals' inference sessions never hangs a process (see swarm/compat_exit.py)."""
+    from swarm import compat_exit
+
+    compat_exit.apply()
 
 
 def _no_nat_port_map() -> None:
