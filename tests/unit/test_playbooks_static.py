@@ -78,8 +78,12 @@ def render_unit(template: Path, cpu_mode: bool) -> str:
         undefined=_Unset,
     )
     env.filters["comment"] = lambda text: f"# {text}"
-    variables = {"ansible_managed": "managed", "petals_server_cpu_mode": cpu_mode,
-                 "petals_server_attn_cache_tokens": 0, "petals_server_ready_timeout": 600}  # fmt: skip
+    variables = {
+        "ansible_managed": "managed",
+        "petals_server_cpu_mode": cpu_mode,
+        "petals_server_attn_cache_tokens": 0,
+        "petals_server_ready_timeout": 600,
+    }
     return env.from_string(template.read_text()).render(variables)
 
 
@@ -103,8 +107,10 @@ def test_unit_templates_are_managed_and_hardened(template: Path, cpu_mode: bool)
     shared = unit_keys(HARDENING.read_text()) - {"SystemCallFilter"}
     assert [k for k in shared if settings.count(k) > 1] == []
     # GPU units keep /dev: PrivateDevices= only where no GPU is used.
-    uses_gpu = "gpu" in template.name or "public-contributor@" in template.name or (
-        "petals-server@" in template.name and not cpu_mode
+    uses_gpu = (
+        "gpu" in template.name
+        or "public-contributor@" in template.name
+        or ("petals-server@" in template.name and not cpu_mode)
     )
     assert ("PrivateDevices" in keys) != uses_gpu
 
@@ -116,7 +122,12 @@ def test_every_unit_template_takes_its_sandbox_from_the_shared_block(template: P
     assert len(re.findall(r"\{\{ hardening\(", text)) == 1
     # No directive of the shared block is written in the unit itself.
     shared = unit_keys(HARDENING.read_text())
-    assert shared >= {"NoNewPrivileges", "ProtectSystem", "SystemCallFilter", "RestrictAddressFamilies"}
+    assert shared >= {
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "SystemCallFilter",
+        "RestrictAddressFamilies",
+    }
     assert unit_keys(text) & shared == set()
 
 
@@ -162,7 +173,9 @@ def test_grafana_is_restarted_only_when_the_role_manages_it() -> None:
     assert "petals_monitoring_grafana != 'none'" in grafana["when"]
 
 
-def role_tasks(tasks: list[dict], inherited: frozenset[str] = frozenset()) -> list[tuple[str, set[str]]]:
+def role_tasks(
+    tasks: list[dict], inherited: frozenset[str] = frozenset()
+) -> list[tuple[str, set[str]]]:
     """(name, tags) of every task, inside blocks too; a block's tags apply to its tasks."""
     found = []
     for task in tasks or []:
@@ -194,7 +207,9 @@ def test_an_include_carries_every_phase_of_the_tasks_it_includes() -> None:
     problems, includes = [], 0
     for tasks_file in TASK_FILES:
         for task in yaml.safe_load(tasks_file.read_text()) or []:
-            args = task.get("ansible.builtin.include_tasks") or task.get("ansible.builtin.include_role")
+            args = task.get("ansible.builtin.include_tasks") or task.get(
+                "ansible.builtin.include_role"
+            )
             if args is None:
                 continue
             if isinstance(args, str):
@@ -205,10 +220,14 @@ def test_an_include_carries_every_phase_of_the_tasks_it_includes() -> None:
                 files = [PLAYBOOKS / "roles" / args["name"] / "tasks/main.yml"]
             assert files and all(f.exists() for f in files), (tasks_file, args)
             includes += 1
-            inside = set().union(*(tags for f in files for _, tags in role_tasks(yaml.safe_load(f.read_text()))))
+            inside = set().union(
+                *(tags for f in files for _, tags in role_tasks(yaml.safe_load(f.read_text())))
+            )
             missing = (inside & PHASES) - set(task.get("tags", []))
             if missing:
-                problems.append(f"{tasks_file.relative_to(PLAYBOOKS)}: {task['name']} lacks {sorted(missing)}")
+                problems.append(
+                    f"{tasks_file.relative_to(PLAYBOOKS)}: {task['name']} lacks {sorted(missing)}"
+                )
     assert includes >= 10
     assert problems == []
 
