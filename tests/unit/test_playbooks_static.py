@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -22,6 +23,11 @@ ROLES = sorted(p for p in (PLAYBOOKS / "roles").iterdir() if p.is_dir())
 BIN = Path(sys.executable).parent
 PLAYBOOK_FILES = ["site.yml", "rolling_restart.yml", "upgrade.yml", "purge.yml"]
 UNIT_TEMPLATES = sorted(PLAYBOOKS.glob("roles/*/templates/*.service.j2"))
+# The one sandbox block every unit template renders (playbooks/templates/petals-hardening.j2).
+HARDENING = PLAYBOOKS / "templates/petals-hardening.j2"
+HARDENING_IMPORT = "{% from 'petals-hardening.j2' import hardening %}"
+# The tags every role task carries (at least one; site.yml adds the role's name).
+PHASES = {"install", "configure", "service"}
 # Every long-running unit: a dedicated user, hardening, restarts, a kill mode that reaps p2pd.
 LONG_RUNNING_KEYS = (
     "User", "Restart", "KillMode", "NoNewPrivileges", "ProtectSystem", "ProtectHome",
@@ -57,16 +63,72 @@ def test_argument_specs_document_exactly_the_defaults(role: Path) -> None:
     assert all(opt.get("description") for opt in options.values())
 
 
+class _Unset(jinja2.ChainableUndefined):
+    """A variable the test does not set renders as {name}: the unit's layout is what is checked."""
+
+    def __str__(self) -> str:
+        return "{" + str(self._undefined_name) + "}"
+
+
+def render_unit(template: Path, cpu_mode: bool) -> str:
+    """The unit as Ansible's template module lays it out (trim_blocks, the playbooks' templates)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([template.parent, HARDENING.parent]),
+        trim_blocks=True,
+        undefined=_Unset,
+    )
+    env.filters["comment"] = lambda text: f"# {text}"
+    variables = {
+        "ansible_managed": "managed",
+        "petals_server_cpu_mode": cpu_mode,
+        "petals_server_attn_cache_tokens": 0,
+        "petals_server_ready_timeout": 600,
+    }
+    return env.from_string(template.read_text()).render(variables)
+
+
+def unit_keys(text: str) -> set[str]:
+    return set(re.findall(r"^([A-Za-z]+)=", text, flags=re.M))
+
+
+@pytest.mark.parametrize("cpu_mode", [True, False], ids=["cpu", "gpu"])
 @pytest.mark.parametrize("template", UNIT_TEMPLATES, ids=lambda p: p.name)
-def test_unit_templates_are_managed_and_hardened(template: Path) -> None:
-    text = template.read_text()
-    assert text.startswith("{{ ansible_managed | comment }}")
-    keys = set(re.findall(r"^([A-Za-z]+)=", text, flags=re.M))
+def test_unit_templates_are_managed_and_hardened(template: Path, cpu_mode: bool) -> None:
+    text = render_unit(template, cpu_mode)
+    assert text.startswith("# managed\n")
+    keys = unit_keys(text)
     if "Type=oneshot" in text:
         assert {"NoNewPrivileges", "ProtectSystem", "CapabilityBoundingSet"} <= keys
     else:
         assert set(LONG_RUNNING_KEYS) <= keys, set(LONG_RUNNING_KEYS) - keys
         assert re.search(r"^KillMode=(mixed|control-group)$", text, flags=re.M)
+    # The block's settings once each (the unit sets none of them again), SystemCallFilter aside.
+    settings = re.findall(r"^([A-Za-z]+)=", text, flags=re.M)
+    shared = unit_keys(HARDENING.read_text()) - {"SystemCallFilter"}
+    assert [k for k in shared if settings.count(k) > 1] == []
+    # GPU units keep /dev: PrivateDevices= only where no GPU is used.
+    uses_gpu = (
+        "gpu" in template.name
+        or "public-contributor@" in template.name
+        or ("petals-server@" in template.name and not cpu_mode)
+    )
+    assert ("PrivateDevices" in keys) != uses_gpu
+
+
+@pytest.mark.parametrize("template", UNIT_TEMPLATES, ids=lambda p: p.name)
+def test_every_unit_template_takes_its_sandbox_from_the_shared_block(template: Path) -> None:
+    text = template.read_text()
+    assert text.splitlines()[1] == HARDENING_IMPORT
+    assert len(re.findall(r"\{\{ hardening\(", text)) == 1
+    # No directive of the shared block is written in the unit itself.
+    shared = unit_keys(HARDENING.read_text())
+    assert shared >= {
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "SystemCallFilter",
+        "RestrictAddressFamilies",
+    }
+    assert unit_keys(text) & shared == set()
 
 
 def test_every_unit_and_firewall_file_is_validated_before_it_goes_live() -> None:
@@ -109,3 +171,81 @@ def test_grafana_is_restarted_only_when_the_role_manages_it() -> None:
     handlers = yaml.safe_load((PLAYBOOKS / "roles/petals_monitoring/handlers/main.yml").read_text())
     grafana = next(h for h in handlers if "grafana" in h["ansible.builtin.systemd_service"]["name"])
     assert "petals_monitoring_grafana != 'none'" in grafana["when"]
+
+
+def role_tasks(
+    tasks: list[dict], inherited: frozenset[str] = frozenset()
+) -> list[tuple[str, set[str]]]:
+    """(name, tags) of every task, inside blocks too; a block's tags apply to its tasks."""
+    found = []
+    for task in tasks or []:
+        tags = inherited | set(task.get("tags", []))
+        if "block" in task:
+            for part in ("block", "rescue", "always"):
+                found += role_tasks(task.get(part, []), frozenset(tags))
+        else:
+            found.append((task["name"], tags))
+    return found
+
+
+TASK_FILES = sorted(PLAYBOOKS.glob("roles/*/tasks/*.yml"))
+
+
+@pytest.mark.parametrize("tasks_file", TASK_FILES, ids=lambda p: f"{p.parts[-3]}/{p.name}")
+def test_every_role_task_carries_a_phase_tag(tasks_file: Path) -> None:
+    tasks = role_tasks(yaml.safe_load(tasks_file.read_text()))
+    assert tasks
+    untagged = [name for name, tags in tasks if not tags & PHASES]
+    assert untagged == [], "tag each with install, configure or service"
+    unknown = [(name, tags - PHASES) for name, tags in tasks if tags - PHASES]
+    assert unknown == []
+
+
+def test_an_include_carries_every_phase_of_the_tasks_it_includes() -> None:
+    # Tags on include_tasks/include_role select the include only: an include that lacks a phase
+    # would skip that phase's tasks inside it when run with --tags.
+    problems, includes = [], 0
+    for tasks_file in TASK_FILES:
+        for task in yaml.safe_load(tasks_file.read_text()) or []:
+            args = task.get("ansible.builtin.include_tasks") or task.get(
+                "ansible.builtin.include_role"
+            )
+            if args is None:
+                continue
+            if isinstance(args, str):
+                files = sorted(tasks_file.parent.glob(re.sub(r"\{\{.*?\}\}", "*", args)))
+            elif "tasks_from" in args:
+                files = [PLAYBOOKS / "roles" / args["name"] / "tasks" / f"{args['tasks_from']}"]
+            else:
+                files = [PLAYBOOKS / "roles" / args["name"] / "tasks/main.yml"]
+            assert files and all(f.exists() for f in files), (tasks_file, args)
+            includes += 1
+            inside = set().union(
+                *(tags for f in files for _, tags in role_tasks(yaml.safe_load(f.read_text())))
+            )
+            missing = (inside & PHASES) - set(task.get("tags", []))
+            if missing:
+                problems.append(
+                    f"{tasks_file.relative_to(PLAYBOOKS)}: {task['name']} lacks {sorted(missing)}"
+                )
+    assert includes >= 10
+    assert problems == []
+
+
+@pytest.mark.parametrize("playbook", ["site.yml", "purge.yml"])
+def test_the_playbooks_tag_each_role_with_its_name(playbook: str) -> None:
+    plays = yaml.safe_load((PLAYBOOKS / playbook).read_text())
+    entries = [r for play in plays for r in play.get("roles", [])]
+    assert entries
+    assert [r["role"] for r in entries if r["role"] not in r.get("tags", [])] == []
+
+
+def test_the_address_fallback_is_defined_once() -> None:
+    # group_vars/all.yml's petals_host_address; roles use it, not a copy of its fallback chain.
+    fallback = re.compile(r"default\(\s*(hostvars\[[^\]]+\]\.)?ansible_host\s*\)")
+    where = [
+        str(path.relative_to(PLAYBOOKS))
+        for path in sorted(PLAYBOOKS.rglob("*"))
+        if path.suffix in (".yml", ".j2") and fallback.search(path.read_text())
+    ]
+    assert where == ["group_vars/all.yml"]
