@@ -20,7 +20,14 @@ from pydantic import BaseModel
 from monitoring.metrics import HealthMetrics, kit_version
 from monitoring.refresher import Fetch, Refresher
 from monitoring.settings import HealthSettings
-from monitoring.state import NotReady, SwarmState, probe_state, refresh_state, swarm_state
+from monitoring.state import (
+    NotReady,
+    SwarmState,
+    history_state,
+    probe_state,
+    refresh_state,
+    swarm_state,
+)
 from monitoring.web import render
 
 
@@ -51,8 +58,9 @@ def current_state(
             detail="no successful read of the swarm's DHT yet",
             refresh=refresh,
             probe=probe_state(probe),
+            history=history_state(status.history),
         )
-    return swarm_state(status.snapshot, refresh, probe)
+    return swarm_state(status.snapshot, refresh, probe, status.history)
 
 
 def health(settings: HealthSettings, refresher: Refresher) -> tuple[int, Health]:
@@ -150,7 +158,9 @@ def create_app(
 def build_app(settings: HealthSettings, fetch: Fetch, model: str) -> FastAPI:
     """Refresher, metrics and app for a fetch function; the probe finds the metrics at
     ``app.state.metrics``."""
-    refresher = Refresher(fetch, settings.refresh_interval_s)
+    refresher = Refresher(
+        fetch, settings.refresh_interval_s, history_points=settings.history_points
+    )
     metrics = HealthMetrics(model, refresher.status)
     return create_app(settings, refresher, metrics)
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from monitoring.refresher import SwarmNotSeen
 from monitoring.snapshot import BootstrapRecord, ServerRecord, ServerState, SwarmSnapshot
 from swarm.coverage import ServerAnnouncement
 from swarm.errors import SwarmUnavailable
@@ -296,10 +297,11 @@ class DhtCollector:
                     dht_peers=peers,
                 )
                 if not sees_swarm(snapshot):
-                    raise SwarmUnavailable(
+                    raise SwarmNotSeen(
                         f"the DHT client reached no bootstrap peer ({len(self._initial_peers)} "
                         f"configured) and no online server ({peers} p2p peers connected); "
-                        "joining again on the next read"
+                        "joining again on the next read",
+                        snapshot.bootstraps,
                     )
             except BaseException:
                 # A broken or cut-off DHT (dead process, lost p2pd, every peer gone) would fail
@@ -316,9 +318,15 @@ class DhtCollector:
             self._disconnect()
         if self._dht is None:
             stack = contextlib.ExitStack()
-            self._dht = stack.enter_context(
-                self._open_dht(self._initial_peers, startup_timeout=self._startup_timeout_s)
-            )
+            try:
+                dht = stack.enter_context(
+                    self._open_dht(self._initial_peers, startup_timeout=self._startup_timeout_s)
+                )
+            except SwarmUnavailable as exc:
+                # hivemind gives up joining when no bootstrap peer answers: for their history,
+                # none did.
+                raise SwarmNotSeen(str(exc), bootstrap_records(self._initial_peers, {})) from exc
+            self._dht = dht
             self._stack = stack
             self.connects += 1
             log.info("joined the private swarm through %s", ", ".join(self._initial_peers))

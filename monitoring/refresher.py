@@ -2,7 +2,8 @@
 
 Reading the DHT is slow and may fail; metrics requests and the status page only format the last good
 snapshot, so a scrape never waits for the swarm. A failed read keeps the previous snapshot and is
-counted; its age tells readers how stale the picture is.
+counted; its age tells readers how stale the picture is. Every read, good or failed, also moves the
+per-server and per-bootstrap ``History`` (monitoring/history.py) on by one mark.
 """
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from monitoring.snapshot import SwarmSnapshot
+from monitoring.history import DEFAULT_POINTS, History
+from monitoring.snapshot import BootstrapRecord, SwarmSnapshot
+from swarm.errors import SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[], SwarmSnapshot]
+
+
+class SwarmNotSeen(SwarmUnavailable):
+    """A read that saw no bootstrap peer and no online server: it fails, yet what it learnt of
+    the bootstrap peers (none answered) belongs in their history."""
+
+    def __init__(self, message: str, bootstraps: Sequence[BootstrapRecord]) -> None:
+        super().__init__(message)
+        self.bootstraps = tuple(bootstraps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +44,7 @@ class RefreshStatus:
     last_ok: bool = False
     errors_total: int = 0
     last_error: str | None = None
+    history: History = dataclasses.field(default_factory=History)  # the last reads' marks
 
     def age_s(self, now: float | None = None) -> float | None:
         """Seconds since the last good snapshot, None before the first one."""
@@ -51,13 +64,20 @@ class Refresher:
     are blocking), so ``stop`` waits for it at most ``join_timeout_s``.
     """
 
-    def __init__(self, fetch: Fetch, interval_s: float, *, join_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        interval_s: float,
+        *,
+        join_timeout_s: float = 10.0,
+        history_points: int = DEFAULT_POINTS,
+    ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s={interval_s!r}: must be a positive number of seconds")
         self._fetch = fetch
         self._join_timeout_s = join_timeout_s
         self._lock = threading.Lock()
-        self._status = RefreshStatus(interval_s=interval_s)
+        self._status = RefreshStatus(interval_s=interval_s, history=History(history_points))
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,10 +102,13 @@ class Refresher:
             duration = time.monotonic() - started
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("swarm refresh failed after %.2f s: %s", duration, message)
+            now = time.time()
+            bootstraps = exc.bootstraps if isinstance(exc, SwarmNotSeen) else None
             with self._lock:
                 self._status = dataclasses.replace(
                     self._status,
-                    last_attempt_at=time.time(),
+                    history=self._status.history.after_failed_read(now, bootstraps),
+                    last_attempt_at=now,
                     last_duration_s=duration,
                     last_ok=False,
                     errors_total=self._status.errors_total + 1,
@@ -98,6 +121,7 @@ class Refresher:
             self._status = dataclasses.replace(
                 self._status,
                 snapshot=snapshot,
+                history=self._status.history.after_read(snapshot),
                 last_success_at=now,
                 last_attempt_at=now,
                 last_duration_s=duration,

@@ -88,7 +88,9 @@ def build_service(swarm: SwarmSettings, health: HealthSettings) -> HealthService
         replication_target=health.replication_target,
         reachability_timeout_s=health.reachability_timeout_s,
     )
-    refresher = Refresher(collector, health.refresh_interval_s)
+    refresher = Refresher(
+        collector, health.refresh_interval_s, history_points=health.history_points
+    )
     metrics = HealthMetrics(swarm.model, refresher.status)
     probe = (
         Probe(

@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from monitoring.history import DEFAULT_POINTS
 from swarm.settings_base import KitSettings
 
 # 9160 keeps clear of the ports the kit's hosts already use: Prometheus 9090, Alertmanager
@@ -60,6 +61,13 @@ class HealthSettings(KitSettings):
         ge=1,
         le=64,
         description="trusted online servers wanted for every block; fewer raises a warning",
+    )
+    history_points: int = Field(
+        default=DEFAULT_POINTS,
+        ge=1,
+        le=1000,
+        description="refreshes remembered per server and per bootstrap peer for the status "
+        "page's reachability strips and /api/v1/state's history",
     )
     page_refresh_s: float = Field(
         default=5.0,

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from monitoring import snapshot as swarm
+from monitoring.history import BootstrapMark, History, Mark, ServerMark
 from monitoring.metrics import ProbeFailureReason, ProbeStatus
 from monitoring.refresher import RefreshStatus
 
@@ -97,6 +98,43 @@ class ProbeState(BaseModel):
     last_failure_detail: str | None
 
 
+class ServerHistoryMark(BaseModel):
+    at: float = Field(description="unix time of the read")
+    state: ServerMark = Field(
+        description="the server's state in that read; absent: no record in the DHT; unknown: "
+        "the read failed"
+    )
+    rtt_s: float | None = Field(description="ping round trip in seconds; null: no answer")
+
+
+class BootstrapHistoryMark(BaseModel):
+    at: float = Field(description="unix time of the read")
+    state: BootstrapMark = Field(description="unknown: the read failed for another reason")
+    rtt_s: float | None = Field(description="DHT ping round trip in seconds; null: no answer")
+
+
+class ServerHistory(BaseModel):
+    peer_id: str
+    public_name: str | None = Field(description="the last name it announced")
+    trusted: bool
+    marks: list[ServerHistoryMark] = Field(description="one per refresh, oldest first")
+
+
+class BootstrapHistory(BaseModel):
+    address: str = Field(description="the configured multiaddr")
+    peer_id: str
+    marks: list[BootstrapHistoryMark] = Field(description="one per refresh, oldest first")
+
+
+class HistoryState(BaseModel):
+    points: int = Field(description="the most marks kept per server and per bootstrap peer")
+    servers: list[ServerHistory] = Field(
+        description="every server seen in the DHT within the last `points` refreshes; trusted "
+        "first, then by name"
+    )
+    bootstraps: list[BootstrapHistory] = Field(description="every configured bootstrap peer")
+
+
 class SwarmState(BaseModel):
     """Response of GET /api/v1/state."""
 
@@ -111,6 +149,7 @@ class SwarmState(BaseModel):
     trusted_missing: list[MissingTrustedServer]
     refresh: RefreshState
     probe: ProbeState
+    history: HistoryState
 
 
 class NotReady(BaseModel):
@@ -119,6 +158,32 @@ class NotReady(BaseModel):
     detail: str
     refresh: RefreshState
     probe: ProbeState
+    history: HistoryState
+
+
+def _marks(marks: tuple[Mark, ...]) -> list[dict[str, object]]:
+    return [{"at": m.at, "state": m.state, "rtt_s": m.rtt_s} for m in marks]
+
+
+def history_state(history: History) -> HistoryState:
+    return HistoryState.model_validate(
+        {
+            "points": history.points,
+            "servers": [
+                {
+                    "peer_id": t.peer_id,
+                    "public_name": t.public_name,
+                    "trusted": t.trusted,
+                    "marks": _marks(t.marks),
+                }
+                for t in history.servers
+            ],
+            "bootstraps": [
+                {"address": b.address, "peer_id": b.peer_id, "marks": _marks(b.marks)}
+                for b in history.bootstraps
+            ],
+        }
+    )
 
 
 def refresh_state(status: RefreshStatus, stale_after_intervals: float, now: float) -> RefreshState:
@@ -144,7 +209,12 @@ def _server_order(server: swarm.ServerRecord) -> tuple[bool, int, str]:
     return (not server.trusted, server.start_block, server.peer_id)
 
 
-def swarm_state(snap: swarm.SwarmSnapshot, refresh: RefreshState, probe: ProbeStatus) -> SwarmState:
+def swarm_state(
+    snap: swarm.SwarmSnapshot,
+    refresh: RefreshState,
+    probe: ProbeStatus,
+    history: History | None = None,
+) -> SwarmState:
     replication = swarm.replication(snap)
     uncovered = [block for block, n in enumerate(replication) if n == 0]
     untrusted = swarm.untrusted_servers(snap)
@@ -207,6 +277,7 @@ def swarm_state(snap: swarm.SwarmSnapshot, refresh: RefreshState, probe: ProbeSt
         ],
         refresh=refresh,
         probe=probe_state(probe),
+        history=history_state(History() if history is None else history),
     )
 
 

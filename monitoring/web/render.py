@@ -10,8 +10,20 @@ import functools
 import html
 import importlib.resources
 import string
+import time
+from collections import Counter
+from collections.abc import Sequence
 
-from monitoring.state import BlockState, NotReady, RefreshState, ServerRow, SwarmState
+from monitoring.state import (
+    BlockState,
+    BootstrapHistoryMark,
+    HistoryState,
+    NotReady,
+    RefreshState,
+    ServerHistoryMark,
+    ServerRow,
+    SwarmState,
+)
 
 _STATE_SUMMARY = {
     "uncovered": "no trusted online server",
@@ -210,6 +222,101 @@ def _server_table(state: SwarmState) -> str:
     )
 
 
+_SERVER_MARKS = (
+    ("online", "online, answered the ping"),
+    ("joining", "joining (loading blocks)"),
+    ("unreachable", "announced online, no answer to the ping"),
+    ("offline", "announced offline"),
+    ("absent", "no record in the DHT"),
+    ("unknown", "the read failed"),
+)
+_BOOTSTRAP_MARKS = (
+    ("reachable", "answered the DHT ping"),
+    ("unreachable", "no answer"),
+    ("unknown", "the read failed"),
+)
+HistoryMark = ServerHistoryMark | BootstrapHistoryMark
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(at))
+
+
+def _mark_text(mark: HistoryMark) -> str:
+    rtt = f", {mark.rtt_s * 1000:.0f} ms" if mark.rtt_s is not None else ""
+    return f"{_clock(mark.at)}: {mark.state}{rtt}"
+
+
+def _strip_row(name: str, heading: str, key: str, marks: Sequence[HistoryMark]) -> str:
+    """One row of squares, oldest left; the row's label (``name``, plain text) and each square's
+    title say in words what the colours say. ``heading`` is the row's HTML heading."""
+    counts = Counter(m.state for m in marks)
+    now = marks[-1].state if marks else "unknown"
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    label = f"{name}: last {len(marks)} reads: {summary}; now {now}"
+    squares = "".join(
+        f'<li class="mark {m.state}" title="{_e(_mark_text(m))}"></li>' for m in marks
+    )
+    return (
+        f'<tr class="history-row" data-key="{_e(key)}" data-now="{_e(now)}">'
+        f'<th scope="row">{heading}</th>'
+        f'<td><ol class="strip" role="img" aria-label="{_e(label)}" title="{_e(label)}">'
+        f"{squares}</ol></td>"
+        f'<td><span class="state {_e(now)}">{_e(now)}</span></td></tr>'
+    )
+
+
+def _history_legend(meanings: Sequence[tuple[str, str]]) -> str:
+    items = "".join(
+        f'<span><span class="swatch mark {state}"></span>{state}: {_e(meaning)}</span>'
+        for state, meaning in meanings
+    )
+    return f'<div class="legend">{items}<span>oldest left, newest right</span></div>'
+
+
+def _server_history(history: HistoryState) -> str:
+    if not history.servers:
+        return ""
+    rows = "".join(
+        _strip_row(
+            f"{t.public_name or 'unnamed'} ({t.peer_id})",
+            f'{_e(t.public_name or "unnamed")} <code title="{_e(t.peer_id)}">'
+            f"{_e(short_peer(t.peer_id))}</code>" + ("" if t.trusted else " (untrusted)"),
+            t.peer_id,
+            t.marks,
+        )
+        for t in history.servers
+    )
+    legend = _history_legend(_SERVER_MARKS)
+    return (
+        f'<section class="history" id="server-history"><h2>Servers over the last '
+        f"{history.points} reads</h2>{legend}"
+        f'<div class="table-wrap"><table class="strips"><tbody>{rows}</tbody></table></div>'
+        "</section>"
+    )
+
+
+def _bootstrap_history(history: HistoryState) -> str:
+    if not history.bootstraps:
+        return ""
+    rows = "".join(
+        _strip_row(
+            f"bootstrap {b.address}",
+            f'<code title="{_e(b.address)}">{_e(short_peer(b.peer_id))}</code>',
+            b.peer_id,
+            b.marks,
+        )
+        for b in history.bootstraps
+    )
+    legend = _history_legend(_BOOTSTRAP_MARKS)
+    return (
+        f'<section class="history" id="bootstrap-history"><h2>Bootstrap peers over the last '
+        f"{history.points} reads</h2>{legend}"
+        f'<div class="table-wrap"><table class="strips"><tbody>{rows}</tbody></table></div>'
+        "</section>"
+    )
+
+
 def status_fragment(state: SwarmState | NotReady) -> str:
     """The part of the page the script replaces on every update."""
     if isinstance(state, NotReady):
@@ -221,9 +328,16 @@ def status_fragment(state: SwarmState | NotReady) -> str:
         return (
             '<section class="summary health-broken">'
             f"<div><h2>Waiting for the first read of the swarm's DHT</h2>{error}</div>"
-            f"{_refresh_stat(state.refresh)}</section>"
+            f"{_refresh_stat(state.refresh)}</section>" + _bootstrap_history(state.history)
         )
-    return _summary(state) + _problems(state) + _block_map(state) + _server_table(state)
+    return (
+        _summary(state)
+        + _problems(state)
+        + _block_map(state)
+        + _server_table(state)
+        + _server_history(state.history)
+        + _bootstrap_history(state.history)
+    )
 
 
 def page(state: SwarmState | NotReady, *, version: str, refresh_ms: int) -> str:

@@ -67,7 +67,9 @@ def _service(
 ) -> Iterator[Service]:
     settings = HealthSettings(**{"refresh_interval_s": 0.2, **overrides})
     fetch = MutableFetch(initial)
-    refresher = Refresher(fetch, settings.refresh_interval_s)
+    refresher = Refresher(
+        fetch, settings.refresh_interval_s, history_points=settings.history_points
+    )
     metrics = HealthMetrics(initial.model if initial else "test-model", refresher.status)
     app = create_app(settings, refresher, metrics)
     with serve_in_thread(wrap(app) if wrap else app) as url:

@@ -7,6 +7,8 @@ rules watch a swarm of a bootstrap peer and two servers, and the service is neve
 - with the bootstrap peer and every server killed, the service says it cannot see the swarm
   (petals_collector_up 0, no bootstrap up) instead of reporting every block uncovered;
 - restarted with the same identities and ports, the swarm is seen again and fully covered.
+Along the way /api/v1/state's history shows the killed server online, then unreachable, then online
+again, and the bootstrap peer reachable, unreachable through the outage, then reachable again.
 """
 
 from __future__ import annotations
@@ -46,9 +48,25 @@ def swarm(swarm_factory) -> LocalSwarm:
 
 
 class Watch:
-    def __init__(self, prometheus_url: str, collector: DhtCollector) -> None:
+    def __init__(self, prometheus_url: str, collector: DhtCollector, service_url: str) -> None:
         self.prometheus_url = prometheus_url
         self.collector = collector
+        self.service_url = service_url
+
+    def history(self) -> dict[str, Any]:
+        """The history part of the service's /api/v1/state (200 or 503 alike)."""
+        history: dict[str, Any] = httpx.get(f"{self.service_url}/api/v1/state", timeout=5).json()[
+            "history"
+        ]
+        return history
+
+    def server_marks(self, peer_id: str) -> list[dict[str, Any]]:
+        tracks = [t for t in self.history()["servers"] if t["peer_id"] == peer_id]
+        return tracks[0]["marks"] if tracks else []
+
+    def bootstrap_marks(self) -> list[str]:
+        (bootstrap,) = self.history()["bootstraps"]
+        return [m["state"] for m in bootstrap["marks"]]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx.get(
@@ -84,12 +102,13 @@ def watch(swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         swarm.settings(), num_blocks=swarm.num_blocks, replication_target=1,
         reachability_timeout_s=1.0, startup_timeout_s=5.0,
     )  # fmt: skip
-    refresher = Refresher(collector, REFRESH_S, join_timeout_s=30)
+    # Room for every read of the module's tests (~2 s apart), so no mark ages out mid-test.
+    refresher = Refresher(collector, REFRESH_S, join_timeout_s=30, history_points=500)
     metrics = HealthMetrics(swarm.settings().model, refresher.status)
     app = create_app(settings, refresher, metrics, workers=[collector])
     tmp = tmp_path_factory.mktemp("outage-prometheus")
     with serve_in_thread(app) as url, prometheus(tmp, url) as prometheus_url:
-        watch = Watch(prometheus_url, collector)
+        watch = Watch(prometheus_url, collector, url)
         watch.wait("min(petals_blocks_covered_ratio)", 1, "Prometheus to see every block served")
         yield watch
 
@@ -132,6 +151,11 @@ def restart_server(swarm: LocalSwarm, old: ServerHandle) -> ServerHandle:
     return handle
 
 
+def runs(states: list[str]) -> list[str]:
+    """Consecutive repeats collapsed: [a, a, b, a] -> [a, b, a]."""
+    return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
+
+
 def uncovered_blocks(watch: Watch) -> set[str]:
     return {r["metric"]["block"] for r in watch.query("max by (block) (petals_block_servers) == 0")}
 
@@ -148,9 +172,28 @@ def test_a_sigkilled_server_leaves_its_blocks_uncovered_and_the_alert_true(swarm
     assert watch.query(alert_exprs()["PetalsBlockUncovered"]), "the alert expression is true"
     assert watch.value("min(petals_collector_up)") == 1  # the swarm is seen: this is real
 
+    # Its history: answered pings while it ran, then unreachable (still announced ONLINE).
+    peer_id = victim.identity.peer_id
+    marks = wait_until(
+        lambda: (m := watch.server_marks(peer_id)) and m[-1]["state"] == "unreachable" and m,
+        timeout=POLL_S,
+        what="the killed server's history to end unreachable",
+        on_timeout=lambda: str(watch.server_marks(peer_id)),
+    )
+    assert runs([m["state"] for m in marks]) == ["online", "unreachable"], marks
+    assert all(m["rtt_s"] > 0 for m in marks if m["state"] == "online")
+    assert all(m["rtt_s"] is None for m in marks if m["state"] == "unreachable")
+    assert [m["at"] for m in marks] == sorted(m["at"] for m in marks), "oldest first"
+    (track,) = [t for t in watch.history()["servers"] if t["peer_id"] == peer_id]
+    assert track["public_name"] == victim.name
+
     restart_server(swarm, victim)
     watch.wait("min(petals_blocks_covered_ratio)", 1, "the restarted server to cover 4-7 again")
     assert not watch.query(alert_exprs()["PetalsBlockUncovered"])
+    # Back online (a restarting server may announce itself joining on the way).
+    states = runs([m["state"] for m in watch.server_marks(peer_id)])
+    assert states[:2] == ["online", "unreachable"] and states[-1] == "online", states
+    print(f"history of the killed server: {states}")
 
 
 def test_a_whole_outage_reads_as_blind_not_uncovered_and_recovers_by_itself(swarm, watch):
@@ -171,6 +214,14 @@ def test_a_whole_outage_reads_as_blind_not_uncovered_and_recovers_by_itself(swar
         timeout=POLL_S,
         what="bootstrap series to disappear while the service is blind",
     )
+    # The failed reads still record that the bootstrap peer did not answer.
+    wait_until(
+        lambda: watch.bootstrap_marks()[-1] == "unreachable",
+        timeout=POLL_S,
+        what="the bootstrap peer's history to end unreachable",
+        on_timeout=lambda: str(watch.bootstrap_marks()),
+    )
+    assert runs(watch.bootstrap_marks())[-2:] == ["reachable", "unreachable"]
 
     restart_bootstrap(swarm)
     for old in list(swarm.servers):
@@ -184,3 +235,6 @@ def test_a_whole_outage_reads_as_blind_not_uncovered_and_recovers_by_itself(swar
     print(f"recovery: seen fully covered {took:.1f} s after the swarm was served again")
     assert watch.value("min(petals_bootstrap_up)") == 1
     assert watch.collector.connects > connects_before, "it joined the swarm again by itself"
+    boot = runs(watch.bootstrap_marks())
+    print(f"history of the bootstrap peer: {boot}")
+    assert boot[-3:] == ["reachable", "unreachable", "reachable"]

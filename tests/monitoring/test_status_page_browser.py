@@ -1,5 +1,6 @@
-"""The status page in headless Chromium: every block is drawn, the script runs and refreshes the
-page from the service, and screenshots (desktop and phone) are kept under artifacts/monitoring/."""
+"""The status page in headless Chromium: every block is drawn, each server's reachability strip is
+drawn and labelled in words, the script runs and refreshes the page from the service, and
+screenshots (desktop and phone) are kept under artifacts/monitoring/."""
 
 from __future__ import annotations
 
@@ -44,18 +45,29 @@ def expected_status(block: int) -> str:
 
 
 class BlockCells(HTMLParser):
-    """Collects the block map's cells: data-block -> (classes, text)."""
+    """Collects the block map's cells: data-block -> (classes, text), and the history strips'
+    rows: data-key -> the strip's label, the row's latest state, its squares' classes and titles."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cells: dict[int, dict[str, Any]] = {}
+        self.strips: dict[str, dict[str, Any]] = {}
         self.body_classes: set[str] = set()
         self._current: int | None = None
+        self._strip: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         if tag == "body":
             self.body_classes = set((attributes.get("class") or "").split())
+        if tag == "tr" and "history-row" in (attributes.get("class") or ""):
+            self._strip = attributes.get("data-key") or ""
+            self.strips[self._strip] = {"now": attributes.get("data-now"), "marks": []}
+        if self._strip is not None and tag == "ol":
+            self.strips[self._strip]["label"] = attributes.get("aria-label") or ""
+        if self._strip is not None and tag == "li":
+            mark = (attributes.get("class") or "", attributes.get("title") or "")
+            self.strips[self._strip]["marks"].append(mark)
         if tag == "li" and attributes.get("data-block") is not None:
             self._current = int(attributes["data-block"] or "")
             self.cells[self._current] = {
@@ -67,6 +79,8 @@ class BlockCells(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "li":
             self._current = None
+        if tag == "tr":
+            self._strip = None
 
     def handle_data(self, data: str) -> None:
         if self._current is not None and data.strip():
@@ -120,8 +134,20 @@ def test_status_page_renders_every_block_and_refreshes_itself(start_service, tmp
         recorder.append(PathRecorder(app))
         return recorder[0]
 
-    service = start_service(llama_70b_swarm(), page_refresh_s=1, wrap=wrap)
+    # Room for every read of the test (5 a second), so the strips keep their first marks.
+    service = start_service(llama_70b_swarm(), page_refresh_s=1, wrap=wrap, history_points=1000)
     service.metrics.observe_probe(ttft_s=0.9, tokens_per_s=11.3)
+    # The untrusted peer now announces itself offline (coverage counts only trusted servers).
+    intruder_left = llama_70b_swarm().model_copy(
+        update={
+            "servers": tuple(
+                s.model_copy(update={"state": "offline"}) if s.public_name == "free-gpu-4u" else s
+                for s in llama_70b_swarm().servers
+            )
+        }
+    )
+    service.fetch.set(intruder_left)
+    service.wait_for(intruder_left)
 
     dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", f"{service.url}/")
 
@@ -138,6 +164,22 @@ def test_status_page_renders_every_block_and_refreshes_itself(start_service, tmp
     assert "offline" not in page.body_classes
     assert "/partials/status" in recorder[0].paths, "the page did not refresh itself"
     assert "free-gpu-4u" in dom and "70/80" in dom
+
+    # Reachability strips: one row per server seen, squares for the reads so far, in words too.
+    seen = {s.peer_id for s in llama_70b_swarm().servers}
+    assert set(page.strips) >= seen, "a strip per server (and the never-seen peer has none)"
+    assert peer("gorina9-gpu0") not in page.strips
+    strip = page.strips[peer("gorina7-gpu0")]
+    assert strip["now"] == "online" and strip["marks"], strip
+    assert all(cls == "mark online" and ": online" in title for cls, title in strip["marks"])
+    assert strip["label"].startswith(f"gorina7-gpu0 ({peer('gorina7-gpu0')}): last ")
+    assert strip["label"].endswith("online; now online")
+    joining = page.strips[peer("gorina8-gpu0")]
+    assert joining["now"] == "joining" and {c for c, _ in joining["marks"]} == {"mark joining"}
+    intruder = page.strips[peer("mallory")]
+    classes = [c for c, _ in intruder["marks"]]
+    assert classes[0] == "mark online" and classes[-1] == "mark offline", classes
+    assert intruder["now"] == "offline" and "; now offline" in intruder["label"]
 
 
 @pytest.mark.parametrize(
