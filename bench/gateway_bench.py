@@ -4,9 +4,13 @@ Starts a private swarm (bootstrap + 2 servers, tiny model) and `petalctl gateway
 process, as deployed. Measures, streaming a fixed number of tokens each time:
   - decode tokens/s of one stream: direct SwarmClient vs SSE through the gateway, and the ratio;
   - time to first token (fresh session each request), p50/p95, direct and through the gateway;
-  - aggregate tokens/s through the gateway with 1, 4 and 8 concurrent streams.
+  - aggregate tokens/s through the gateway with 1, 4 and 8 concurrent streams;
+  - first token in the web chat: headless Chromium (tests/client/cdp.py) signs in at the
+    gateway's page and sends a question; the time from the form's submit to the first streamed
+    piece drawn in the page (the browser's own clock), p50/p95 over fresh chats.
 Prints the figures and writes bench/results/gateway.json.
-Run: .venv/bin/python -m bench.gateway_bench [--tokens 64 --runs 5 --ttft-requests 20]
+Run: .venv/bin/python -m bench.gateway_bench [--tokens 64 --runs 5 --ttft-requests 20
+     --webchat-requests 10]   (--webchat-requests 0 leaves Chromium out)
 """
 
 from __future__ import annotations
@@ -133,6 +137,60 @@ async def measure(
     return out
 
 
+# Runs in the page: a fresh chat, one question, resolved with the milliseconds from the form's
+# submit to the first streamed piece in the answer's bubble (chat.js counts them in data-chunks).
+WEBCHAT_FIRST_PIECE_JS = """
+new Promise((resolve) => {
+  document.getElementById("new").click();
+  const box = document.getElementById("messages");
+  let started = 0;
+  const check = () => {
+    const all = box.querySelectorAll(".msg.assistant");
+    const last = all[all.length - 1];
+    if (last && Number(last.dataset.chunks || 0) >= 1) {
+      observer.disconnect();
+      resolve(performance.now() - started);
+    }
+  };
+  const observer = new MutationObserver(check);
+  observer.observe(box, { subtree: true, childList: true, attributes: true });
+  document.getElementById("input").value = "What is a block?";
+  started = performance.now();
+  document.getElementById("ask").requestSubmit();
+})
+"""
+
+
+def webchat_first_piece(url: str, token: str, requests: int) -> list[float]:
+    """Seconds from submit to the first piece drawn, in headless Chromium, per fresh chat."""
+    from tests.client.cdp import Browser
+    from tests.client.conftest import poll
+
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as profile:
+        browser = Browser(Path(profile))
+        try:
+            browser.goto(url + "/")
+            poll(lambda: browser.eval("!document.getElementById('login').hidden"), 30, "sign-in")
+            browser.eval(f"document.getElementById('token').value = {json.dumps(token)}")
+            browser.eval("document.getElementById('login-form').requestSubmit()")
+            poll(lambda: browser.eval("!document.getElementById('chat').hidden"), 30, "the chat")
+            browser.eval("document.getElementById('max-tokens').value = 8")
+            browser.eval("document.getElementById('temperature').value = 0")
+            for index in range(requests + 1):  # the first one warms the page up
+                millis = browser.eval(WEBCHAT_FIRST_PIECE_JS)
+                poll(
+                    lambda: browser.eval("document.body.dataset.busy") == "0",
+                    120,
+                    "the web chat's answer to end",
+                )
+                if index:
+                    times.append(millis / 1000)
+        finally:
+            browser.close()
+    return times
+
+
 def start_gateway(swarm: Any, tokens_file: Path, port: int, log: Path) -> subprocess.Popen:
     argv = [
         sys.executable,
@@ -186,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=8, help="single-stream runs per side")
     parser.add_argument("--ttft-requests", type=int, default=20, help="requests for TTFT p50/p95")
     parser.add_argument("--concurrency", default="1,4,8", help="concurrent stream counts")
+    parser.add_argument(
+        "--webchat-requests",
+        type=int,
+        default=10,
+        help="web chat questions in headless Chromium, for its first-token p50/p95 (0: skip)",
+    )
     args = parser.parse_args(argv)
 
     import httpx
@@ -226,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 with SwarmClient(swarm.settings(), ClientSettings()) as client:
                     measured = asyncio.run(measure(client, url, headers, body, args, levels))
+                webchat = []
+                if args.webchat_requests > 0:
+                    say(f"first token in the web chat, {args.webchat_requests} questions")
+                    webchat = webchat_first_piece(url, token, args.webchat_requests)
             finally:
                 gateway.send_signal(signal.SIGTERM)
                 try:
@@ -255,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         "conversation_turn_ttft_fresh_session_p50_s": round(percentile(fresh, 0.5), 3),
         "concurrent_streams": measured["aggregate"],
     }
+    if webchat:
+        results["webchat_first_piece_p50_s"] = round(percentile(webchat, 0.5), 3)
+        results["webchat_first_piece_p95_s"] = round(percentile(webchat, 0.95), 3)
+        results["webchat_requests"] = len(webchat)
     path = write_results("gateway", results)
     print(
         f"streamed tokens/s, one stream: direct {results['direct_tokens_per_s']}, "
@@ -276,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{level} concurrent stream(s) through the gateway: "
             f"{figures['aggregate_tokens_per_s']} tokens/s in all, "
             f"{figures['per_stream_tokens_per_s_median']} per stream"
+        )
+    if webchat:
+        print(
+            "web chat (headless Chromium), submit to first piece drawn: p50 "
+            f"{results['webchat_first_piece_p50_s']} s / p95 "
+            f"{results['webchat_first_piece_p95_s']} s"
         )
     print(f"written to {path}")
     return 0

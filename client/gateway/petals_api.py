@@ -300,33 +300,42 @@ class _Gone(Exception):
     """The WebSocket client went away during a generation."""
 
 
-def _budget(
-    service: GatewayService, session: SwarmSession, step: GenerateStep, input_tokens: int
-) -> tuple[int, int]:
-    """(tokens this request may generate in all, tokens per message)."""
-    held = len(session.token_ids) + input_tokens
-    room = session.max_length - held
-    if step.max_length is not None:
-        if step.max_length > session.max_length:
-            raise APIError(
-                400,
-                f"{MAX_LENGTH_EXCEEDED}: max_length = {step.max_length} is over the session's "
-                f"max_length ({session.max_length})",
-                param="max_length",
-                code="invalid_value",
-            )
-        total = step.max_length - held
-    elif step.stop_sequence or step.extra_stop_sequences:
-        total = room  # until a stop sequence, or the session is full
-    elif step.max_new_tokens is not None:
-        total = step.max_new_tokens
-    else:
+def _check_step(session: SwarmSession, step: GenerateStep) -> None:
+    """The bounds of a generate message that need no tokens: checked before its inputs are
+    tokenized, so refusing it costs next to nothing."""
+    if step.max_length is not None and step.max_length > session.max_length:
+        raise APIError(
+            400,
+            f"{MAX_LENGTH_EXCEEDED}: max_length = {step.max_length} is over the session's "
+            f"max_length ({session.max_length})",
+            param="max_length",
+            code="invalid_value",
+        )
+    stops = step.stop_sequence or step.extra_stop_sequences
+    if step.max_length is None and not stops and step.max_new_tokens is None:
         raise APIError(
             400,
             "generate: give max_new_tokens or max_length (either is required)",
             param="max_new_tokens",
             code="invalid_value",
         )
+    if step.inputs is None and not session.token_ids:
+        raise APIError(400, "inputs: the first generate of a session needs inputs", param="inputs")
+
+
+def _budget(
+    service: GatewayService, session: SwarmSession, step: GenerateStep, input_tokens: int
+) -> tuple[int, int]:
+    """(tokens this request may generate in all, tokens per message); ``_check_step`` first."""
+    held = len(session.token_ids) + input_tokens
+    room = session.max_length - held
+    if step.max_length is not None:
+        total = step.max_length - held
+    elif step.stop_sequence or step.extra_stop_sequences:
+        total = room  # until a stop sequence, or the session is full
+    else:
+        assert step.max_new_tokens is not None  # _check_step refused the rest
+        total = step.max_new_tokens
     if total < 1 or total > room:
         raise APIError(
             400,
@@ -368,13 +377,12 @@ async def _run_step(
     task already reading the client's next message; it also notices a disconnect, which
     cancels the generation within a token."""
     stops = [s for s in [step.stop_sequence, *(step.extra_stop_sequences or [])] if s][:4]
+    _check_step(session, step)
     input_tokens = 0
     if step.inputs is not None:
         first = not session.token_ids
         ids = await asyncio.to_thread(service.client.encode, step.inputs, add_special_tokens=first)
         input_tokens = len(ids)
-    elif not session.token_ids:
-        raise APIError(400, "inputs: the first generate of a session needs inputs", param="inputs")
     total, per_message = _budget(service, session, step, input_tokens)
     cancel = CancelToken()
     receiver = asyncio.ensure_future(websocket.receive_text())
