@@ -14,6 +14,7 @@ import pytest
 
 from client import GenerationParams, SwarmClient
 from swarm.localswarm import LocalSwarm
+from tests.stacks import run_showing_stacks
 
 pytestmark = pytest.mark.swarm
 
@@ -32,12 +33,8 @@ def swarm_flags(swarm: LocalSwarm, trusted: list[str] | None = None) -> list[str
 
 
 def petalctl(*args: str, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "petalctl.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,  # type: ignore[call-overload]
+    return run_showing_stacks(
+        [sys.executable, "-m", "petalctl.main", *args], timeout=timeout, **kwargs
     )
 
 

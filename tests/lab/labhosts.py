@@ -32,6 +32,7 @@ from typing import Any
 
 from tests.lab import reaper
 from tests.lab.rootfs import REPO_ROOT, BaseBuildError, LabError, base_rootfs, run
+from tests.stacks import run_showing_stacks
 
 __all__ = [
     "REPO_ROOT", "BaseBuildError", "BootError", "Lab", "LabError", "LabFactory", "base_rootfs",
@@ -424,6 +425,11 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         """Run cmd (an argv, or a string for bash -c) in the lab namespace; output as text."""
         argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if timeout is not None and not check:  # a hung Python child shows its stacks (exec'd by ip)
+            return run_showing_stacks(
+                ["ip", "netns", "exec", self.netns, *argv], timeout=timeout, cwd=cwd,
+                env=self.controller_env(env), stdin=subprocess.DEVNULL,
+            )  # fmt: skip
         return subprocess.run(
             ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, check=check,
             timeout=timeout, cwd=cwd, env=self.controller_env(env), stdin=subprocess.DEVNULL,

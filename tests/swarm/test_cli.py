@@ -15,6 +15,7 @@ import pytest
 
 from swarm.identity import create_identity
 from swarm.localswarm import free_port
+from tests.stacks import run_showing_stacks
 from tests.swarm.procs import LineReader, new_marker_env, processes_with_marker, wait_for
 
 pytestmark = pytest.mark.swarm
@@ -28,9 +29,7 @@ PUBLIC = "/dns/bootstrap1.petals.dev/tcp/31337/p2p/QmedTaZXmULqwspJXz44SsPZyTNKx
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60):
     if env is None:
         _, env = new_marker_env()
-    return subprocess.run(
-        PETALCTL + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_showing_stacks(PETALCTL + args, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

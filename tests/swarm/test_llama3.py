@@ -17,6 +17,7 @@ import pytest
 
 from swarm.localswarm import LocalSwarm
 from tests.conftest import REPO, assert_reaped
+from tests.stacks import run_showing_stacks
 
 pytestmark = pytest.mark.swarm
 
@@ -212,7 +213,6 @@ def test_plain_rope_control_differs(swarm_run, weights_and_config) -> None:
 def test_demo_serves_tiny_llama3(model_dir: Path, tmp_path: Path) -> None:
     """`petalctl demo --model tiny-llama3` answers as the same model run locally does."""
     import os
-    import subprocess
     import sys
 
     import torch
@@ -233,12 +233,10 @@ def test_demo_serves_tiny_llama3(model_dir: Path, tmp_path: Path) -> None:
     marker, env = new_marker_env()
     env["PETALS_KIT_CACHE"] = os.environ.get("PETALS_KIT_CACHE") or str(REPO / ".cache")
     argv = ["demo", "--model", "tiny-llama3", "--prompt", QUESTION, "--max-new-tokens", "12"]
-    demo = subprocess.run(
+    demo = run_showing_stacks(
         [sys.executable, "-m", "petalctl.main", *argv, "--workdir", str(tmp_path / "w")],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=400,
     )
     assert demo.returncode == 0, demo.stderr[-3000:]
