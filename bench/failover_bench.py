@@ -89,7 +89,7 @@ def measure_stalls(client: Any, swarm: Any, kills: int, tokens: int) -> dict[str
         restarted = [h for h in swarm.servers if not h.process.is_running()]
         for handle in restarted:
             swarm.restart_server(handle)
-        wait_readmitted(client, {h.identity.peer_id for h in restarted})
+        wait_readmitted(client, swarm, {h.identity.peer_id for h in restarted})
     return {
         "kills": kills,
         "answers_identical_to_uninterrupted": identical,
@@ -102,10 +102,23 @@ def measure_stalls(client: Any, swarm: Any, kills: int, tokens: int) -> dict[str
     }
 
 
-def wait_readmitted(client: Any, peers: set[str], timeout: float = 180.0) -> None:
+def wait_readmitted(client: Any, swarm: Any, peers: set[str], timeout: float = 180.0) -> None:
+    """Until the restarted ``peers`` are off the client's quarantine and announce ONLINE (a
+    restarted server announces JOINING first: killing its replica before then leaves a range
+    with no server, which is the no-replica-left case, not a failover)."""
+    from swarm.dht import read_announcements
+
+    dht = client.model.transformer.h.sequence_manager.dht
     deadline = time.monotonic() + timeout
-    while client.quarantine.peers & peers and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         client.refresh_quarantine(0)
+        online = {
+            r.peer_id
+            for r in read_announcements(dht, swarm.dht_prefix, swarm.num_blocks)
+            if r.state == "online"
+        }
+        if not client.quarantine.peers & peers and peers <= online:
+            return
         time.sleep(0.5)
 
 

@@ -5,6 +5,13 @@ there, reports no peer (``on_request_failure(None)``), so the kit could not tell
 avoid. We open the route ourselves (the same calls as petals' ``_enter_server_sessions``), so a
 server that does not answer is named. Closing is ours too: petals' close waits without a timeout
 for the server to end the stream, which never happens on a stopped (SIGSTOP) server.
+
+A crashed server is caught without waiting for the step timeout: while a step waits longer than
+``DISCONNECT_POLL_S``, the client's p2p daemon is asked every ``DISCONNECT_POLL_S`` whether it is
+still connected to the server. A SIGKILLed server's connection is closed by its kernel, so the
+daemon drops the peer at once, while the step's stream is often never told (hivemind multiplexes
+calls over one daemon connection). A gone peer fails the step with ConnectionError (petals then
+blames that peer, as for a timeout); a merely slow server stays connected and keeps its timeout.
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import contextlib
 import copy
 import itertools
 import logging
+import types
 from typing import Any
 
 from client.failover import RouteFailed
 
 logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.5  # seconds a step waits before (and between) asking whether its peer is gone
 
 
 def open_route(session: Any, max_length: int) -> list[Any]:
@@ -55,6 +65,7 @@ def open_route(session: Any, max_length: int) -> list[Any]:
             except Exception as exc:
                 raise RouteFailed(str(span.peer_id), f"{span.start}:{span.end}", exc) from exc
             opened.append(server_session)
+            watch_disconnects(server_session, manager.state.p2p)
     except BaseException:
         abandon(opened)
         raise
@@ -62,6 +73,54 @@ def open_route(session: Any, max_length: int) -> list[Any]:
         earlier.next_session = later  # lets servers push activations to the next one directly
     session._server_sessions = opened
     return spans
+
+
+def watch_disconnects(server_session: Any, p2p: Any) -> None:
+    """Make ``server_session``'s steps fail as soon as the p2p daemon has lost its server (see the
+    module docstring). Only a peer seen connected now can later be declared gone."""
+    from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
+
+    peer_id = server_session.span.peer_id
+    try:
+        connected = RemoteExpertWorker.run_coroutine(_connected(p2p, peer_id))
+    except Exception as exc:  # cannot tell: keep petals' plain step (the timeout catches it)
+        logger.debug("listing the p2p daemon's peers failed: %r", exc)
+        return
+    if connected:
+        server_session._step = types.MethodType(_watched_step(p2p), server_session)
+
+
+async def _connected(p2p: Any, peer_id: Any) -> bool:
+    return any(info.peer_id == peer_id for info in await p2p.list_peers())
+
+
+def _watched_step(p2p: Any) -> Any:
+    async def step(self: Any, inputs_serialized: Any) -> Any:
+        # petals' _ServerInferenceSession._step, with the peer watched while it waits
+        from hivemind import anext
+
+        await self._inputs_queue.put(inputs_serialized)
+        self.stepped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout
+        reply = asyncio.ensure_future(anext(self._outputs_stream))
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({reply}, timeout=min(DISCONNECT_POLL_S, left))
+                if done:
+                    return reply.result()
+                if not await _connected(p2p, self.span.peer_id):
+                    raise ConnectionError(
+                        f"the connection to server {self.span.peer_id} closed during a step"
+                    )
+        finally:
+            if not reply.done():
+                reply.cancel()
+
+    return step
 
 
 def close_route(session: Any, avoid: frozenset[str], timeout: float) -> None:

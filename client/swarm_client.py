@@ -20,8 +20,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ from swarm.errors import SwarmUnavailable
 from swarm.swarm_settings import SwarmSettings
 
 Prompt = str | Sequence[Message]
+# open_distributed_model's shape: (SwarmSettings, **petals kwargs) -> a context manager of the model
+OpenModel = Callable[..., AbstractContextManager[Any]]
 logger = logging.getLogger(__name__)
 
 
@@ -77,11 +79,20 @@ class SwarmClient:
     ``start()`` joins the swarm (blocking, seconds); ``close()`` leaves it without leftovers.
     """
 
-    def __init__(self, swarm: SwarmSettings, options: ClientSettings | None = None) -> None:
+    def __init__(
+        self,
+        swarm: SwarmSettings,
+        options: ClientSettings | None = None,
+        *,
+        open_model: OpenModel | None = None,
+    ) -> None:
         swarm.require_initial_peers()
         swarm.require_trusted_servers()
         self.swarm = swarm
         self.options = options if options is not None else ClientSettings()
+        # How the distributed model is opened: client.petals_model.open_distributed_model
+        # unless a caller (a test of the health probe) stands in for joining the swarm.
+        self._open_model = open_model
         self._stack: ExitStack | None = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -114,10 +125,11 @@ class SwarmClient:
 
             from client.petals_model import open_distributed_model  # applies swarm.compat
 
+            open_model = self._open_model or open_distributed_model
             stack = ExitStack()
             try:
                 model = stack.enter_context(
-                    open_distributed_model(
+                    open_model(
                         self.swarm,
                         show_route=False,
                         # Petals' own retry replays history and breaks (issue #587): one attempt,

@@ -1,23 +1,32 @@
-"""The probe: what a student feels. Every interval it generates a few tokens through the trusted
-client path (petals' distributed model bound to the private swarm's trusted servers) and reports
-time to first token and tokens/s, or the reason it failed, to ``HealthMetrics``.
+"""The probe: what a student feels. Every interval it generates a few tokens through the kit's
+client (``client.SwarmClient``, the same path the chat CLI, the gateway and the bot use) and
+reports time to first token and tokens/s, or the reason it failed, to ``HealthMetrics``.
 
-It runs on a thread of its own (petals' generation blocks). The distributed model, with its own
-DHT client, is opened once and kept; after a failure it is closed and opened again on the next
-run. Petals retries a missing block forever by default; the probe caps retries so that an
-uncovered block becomes a reported failure within seconds instead of a hung probe.
+Going through the client means the probe gets what students get: routes over the trusted
+servers only, and the kit's recovery (a failed or hung server is quarantined, a new route
+opened and the text so far replayed; see client/failover.py), bounded by the client's settings
+(``[client]`` / ``PETALS_CLIENT_*``: ``max_retries``, ``recovery_timeout``, ``token_timeout``,
+``capacity_wait_timeout``). A crash the client routes around is therefore no probe failure;
+the stall it caused shows in the timings and in the log. A request the client gives up on
+(no trusted server left for some block, recovery budget spent) is one.
+
+It runs on a thread of its own (generation blocks). The client, with its own DHT client, is
+started once and kept; after a failure it is closed and started afresh on the next run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from client.errors import GenerationFailed
+from client.params import GenerationParams
+from client.settings import ClientSettings
+from client.streams import CancelToken
+from client.swarm_client import OpenModel, SwarmClient
 from monitoring.metrics import HealthMetrics, ProbeFailureReason
 from swarm.errors import SwarmUnavailable
 
@@ -25,13 +34,6 @@ if TYPE_CHECKING:
     from swarm.swarm_settings import SwarmSettings
 
 log = logging.getLogger(__name__)
-
-# Passed to petals' ClientConfig: give up on a block after this many attempts (default: never),
-# and do not back off longer than this between them.
-PROBE_MAX_RETRIES = 3
-PROBE_MAX_BACKOFF_S = 2.0
-
-OpenModel = Callable[..., contextlib.AbstractContextManager[Any]]
 
 
 # Failures that mean "the swarm cannot serve", matched by class name so that this module does not
@@ -49,33 +51,28 @@ class ProbeTimeout(Exception):
 
 
 def classify_failure(exc: BaseException) -> ProbeFailureReason:
-    """The metric reason for a failed probe (pure): timeout, unavailable or error."""
+    """The metric reason for a failed probe (pure): timeout, unavailable or error.
+
+    A request the client gave up on because servers did not answer in time (its step and token
+    timeouts: hung servers) is a timeout; the client's other give-ups are unavailable."""
     if isinstance(exc, TimeoutError | ProbeTimeout):  # asyncio's and futures' too, since 3.11
+        return "timeout"
+    if isinstance(exc, GenerationFailed) and _caused_by_timeout(exc):
         return "timeout"
     if isinstance(exc, SwarmUnavailable) or type(exc).__name__ in _UNAVAILABLE_ERRORS:
         return "unavailable"
     return "error"
 
 
-def _disarm_unclosed(server_sessions: list[Any]) -> int:
-    """Mark petals server sessions whose close failed as closed.
-
-    Petals' ``_ServerInferenceSession.close`` runs a coroutine on hivemind's RemoteExpertWorker
-    event loop and blocks for it; when that coroutine raises (seen: BrokenPipeError, about one
-    generation in ten on loopback), the session stays open and its ``__del__`` closes it again.
-    If the garbage collector happens to run that ``__del__`` on the event-loop thread itself,
-    the loop waits on itself and every later generation in this process hangs. The stream is
-    dead anyway; dropping it lets the loop's async-generator finalizer clean up without blocking.
-    Returns how many sessions needed it.
-    """
-    disarmed = 0
-    for server_session in server_sessions:
-        if getattr(server_session, "_outputs_stream", None) is not None:
-            server_session._outputs_stream = None
-            server_session._inputs_queue = None
-            server_session.closed = True
-            disarmed += 1
-    return disarmed
+def _caused_by_timeout(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, TimeoutError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return False
 
 
 def _describe(exc: BaseException) -> str:
@@ -84,7 +81,12 @@ def _describe(exc: BaseException) -> str:
 
 
 class Probe:
-    """Generates ``tokens`` tokens every ``interval_s`` seconds; ``start()``/``stop()``."""
+    """Generates ``tokens`` tokens every ``interval_s`` seconds; ``start()``/``stop()``.
+
+    ``options``: the client's settings (default: ``ClientSettings.load()``, the ``[client]``
+    table and ``PETALS_CLIENT_*`` the gateway and the bot read too). ``open_model`` stands in
+    for joining the swarm (tests).
+    """
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class Probe:
         tokens: int,
         timeout_s: float,
         prompt: str,
+        options: ClientSettings | None = None,
         open_model: OpenModel | None = None,
         join_timeout_s: float = 30.0,
     ) -> None:
@@ -111,18 +114,14 @@ class Probe:
         self._tokens = tokens
         self._timeout_s = timeout_s
         self._prompt = prompt
-        if open_model is None:
-            from client.petals_model import open_distributed_model
-
-            open_model = open_distributed_model
+        self._options = options if options is not None else ClientSettings.load()
         self._open_model = open_model
         self._join_timeout_s = join_timeout_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._model_lock = threading.Lock()
-        self._model_stack: contextlib.ExitStack | None = None
-        self._model: Any = None
-        self._tokenizer: Any = None
+        self._client_lock = threading.Lock()
+        self._client: SwarmClient | None = None
+        self._cancel: CancelToken | None = None  # the generation under way
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,22 +133,26 @@ class Probe:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop probing and close the distributed model (its DHT process and p2pd).
+        """Stop probing and close the client (its DHT process and p2pd).
 
         A generation in progress stops at its next token; one stuck in an RPC is cut off by
-        closing the model under it.
+        closing the client under it.
         """
         self._stopping.set()
+        with self._client_lock:
+            cancel = self._cancel
+        if cancel is not None:
+            cancel.cancel()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(self._join_timeout_s / 2)
             if thread.is_alive():
-                log.warning("probe still busy; closing its model to interrupt it")
-                self._close_model()
+                log.warning("probe still busy; closing its client to interrupt it")
+                self._close_client(wait_s=1.0)
                 thread.join(self._join_timeout_s / 2)
                 if thread.is_alive():
                     log.warning("probe thread did not stop within %.0f s", self._join_timeout_s)
-        self._close_model()
+        self._close_client()
 
     @property
     def running(self) -> bool:
@@ -164,7 +167,7 @@ class Probe:
                 if self._stopping.wait(max(0.0, remaining)):
                     break
         finally:
-            self._close_model()
+            self._close_client()
 
     # -- one probe ----------------------------------------------------------------------------
     def run_once(self) -> bool:
@@ -179,14 +182,14 @@ class Probe:
         except Exception as exc:
             if self._stopping.is_set():
                 self._metrics.probe_abandoned()
-                return False  # closing the model under a generation makes it fail: not news
+                return False  # closing the client under a generation makes it fail: not news
             reason = classify_failure(exc)
             detail = _describe(exc)
             log.warning("probe failed (%s): %s", reason, detail)
             self._metrics.probe_failed(reason, detail)
-            self._close_model()  # start from a fresh client next time
-            # Sessions abandoned by petals' retries may hold dead streams: finalize them on this
-            # thread rather than on hivemind's event loop (see _disarm_unclosed).
+            self._close_client()  # start from a fresh client next time
+            # Finalize whatever the failed generation left on this thread, not on hivemind's
+            # event-loop thread (a petals session closed there waits on its own loop).
             gc.collect()
             return False
         self._metrics.observe_probe(ttft_s, tokens_per_s)
@@ -194,83 +197,80 @@ class Probe:
         return True
 
     def _generate(self) -> tuple[float, float]:
-        from client.generation import stream_generate
-
         deadline = time.monotonic() + self._timeout_s
-        model, tokenizer = self._ensure_model()
+        client = self._ensure_client()
+        cancel = CancelToken()
+        with self._client_lock:
+            self._cancel = cancel
         if self._stopping.is_set():
             raise ProbeCancelled
-        input_ids = tokenizer(self._prompt, return_tensors="pt").input_ids
-
-        def should_cancel() -> bool:
-            return self._stopping.is_set() or time.monotonic() > deadline
-
-        # An explicit session, so that its server sessions can be checked once it is closed.
-        with model.inference_session(max_length=input_ids.shape[1] + self._tokens) as session:
-            try:
-                result = stream_generate(
-                    model,
-                    tokenizer,
-                    input_ids,
-                    max_new_tokens=self._tokens,
-                    min_new_tokens=self._tokens,  # an early EOS would leave nothing to time
-                    should_cancel=should_cancel,
-                    session=session,
-                )
-            finally:
-                server_sessions = list(getattr(session, "_server_sessions", ()))
-        if _disarm_unclosed(server_sessions):
-            gc.collect()  # finalize other leftovers here, not on the event-loop thread
-        if result.stopped_by == "cancelled":
+        params = GenerationParams(
+            max_new_tokens=self._tokens,
+            min_new_tokens=self._tokens,  # an early EOS would leave nothing to time
+        )
+        # The deadline cancels the generation (it stops within a token, or once the client's
+        # recovery in progress ends: that is bounded by the client's own timeouts).
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            stats = client.stream(self._prompt, params, cancel=cancel).wait()
+        finally:
+            timer.cancel()
+            with self._client_lock:
+                self._cancel = None
+        if stats.recoveries:
+            log.warning(
+                "probe: the client routed around %d failed server(s); stalls %s s",
+                stats.recoveries,
+                ", ".join(f"{stall:.2f}" for stall in stats.stall_s),
+            )
+        if stats.stop_reason == "cancelled":
             if self._stopping.is_set():
                 raise ProbeCancelled
-            raise ProbeTimeout(
-                f"{len(result.token_ids)} of {self._tokens} tokens after {self._timeout_s:g} s"
+            waited = (
+                f", {stats.capacity_wait_s:.0f} s of it waiting for server capacity"
+                if stats.capacity_wait_s
+                else ""
             )
-        ttft_s, tokens_per_s = result.time_to_first_token_s, result.tokens_per_second
+            raise ProbeTimeout(
+                f"{stats.completion_tokens} of {self._tokens} tokens after "
+                f"{self._timeout_s:g} s{waited}"
+            )
+        ttft_s, tokens_per_s = stats.time_to_first_token_s, stats.tokens_per_second
         if ttft_s is None or tokens_per_s is None:
             raise RuntimeError(
-                f"generation returned {len(result.token_ids)} tokens; the probe needs at least 2"
+                f"generation returned {stats.completion_tokens} tokens; the probe needs at least 2"
             )
         return ttft_s, tokens_per_s
 
-    def _ensure_model(self) -> tuple[Any, Any]:
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self._swarm.model)
-        with self._model_lock:
-            model = self._model
-        if model is None:
-            # Before anything imports petals (open_distributed_model imports it first thing):
-            # petals 2.2 cannot import on hivemind 1.1.12 without the kit's compat layer.
-            import swarm.compat  # noqa: F401
-
-            # Opened without the lock held (joining the swarm takes seconds), so that stop()
-            # never waits for it; a model that arrives after stop() is closed here.
-            stack = contextlib.ExitStack()
-            model = stack.enter_context(
-                self._open_model(
-                    self._swarm,
-                    max_retries=PROBE_MAX_RETRIES,
-                    max_backoff=PROBE_MAX_BACKOFF_S,
-                    show_route=False,
-                )
-            )
-            with self._model_lock:
+    def _ensure_client(self) -> SwarmClient:
+        with self._client_lock:
+            client = self._client
+        if client is None:
+            # Started without the lock held (joining the swarm takes seconds), so that stop()
+            # never waits for it; a client that arrives after stop() is closed here.
+            client = SwarmClient(self._swarm, self._options, open_model=self._open_model)
+            try:
+                client.start()
+            except BaseException:
+                client.close()
+                raise
+            with self._client_lock:
                 keep = not self._stopping.is_set()
                 if keep:
-                    self._model, self._model_stack = model, stack
+                    self._client = client
             if not keep:
-                stack.close()
+                client.close()
                 raise ProbeCancelled
-        return model, self._tokenizer
+        return client
 
-    def _close_model(self) -> None:
-        with self._model_lock:
-            stack, self._model_stack, self._model = self._model_stack, None, None
-        if stack is not None:
+    def _close_client(self, wait_s: float = 30.0) -> None:
+        """Close the client; a generation still running gets ``wait_s`` seconds to end first."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
             try:
-                stack.close()
+                client.close(timeout=wait_s)
             except Exception:
-                log.warning("closing the probe's distributed model failed", exc_info=True)
+                log.warning("closing the probe's client failed", exc_info=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from client.errors import GenerationFailed
 from monitoring.metrics import HealthMetrics
 from monitoring.probe import Probe, ProbeTimeout, classify_failure
 from monitoring.refresher import RefreshStatus
@@ -34,6 +35,14 @@ class ControlFailure(RuntimeError):
     """Stands in for hivemind's p2pd dial failure (matched by name)."""
 
 
+def failed_after(cause: BaseException) -> GenerationFailed:
+    """The client's error after its recovery budget is spent, as raised (``from`` the cause)."""
+    try:
+        raise GenerationFailed("gave up after 3 recoveries") from cause
+    except GenerationFailed as exc:
+        return exc
+
+
 @pytest.mark.parametrize(
     ("error", "reason"),
     [
@@ -42,6 +51,13 @@ class ControlFailure(RuntimeError):
         pytest.param(SwarmUnavailable("cannot join"), "unavailable", id="cannot join"),
         pytest.param(MissingBlocksError("[4, 5]"), "unavailable", id="missing blocks"),
         pytest.param(ControlFailure("dial refused"), "unavailable", id="server gone"),
+        pytest.param(
+            failed_after(TimeoutError("step")), "timeout", id="client gave up: servers hung"
+        ),
+        pytest.param(
+            failed_after(ConnectionError("reset")), "unavailable", id="client gave up: gone"
+        ),
+        pytest.param(GenerationFailed("no trusted server"), "unavailable", id="no route"),
         pytest.param(ValueError("bad tensor"), "error", id="anything else"),
     ],
 )
