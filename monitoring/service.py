@@ -13,6 +13,7 @@ from types import FrameType
 
 from fastapi import FastAPI
 
+from client.settings import ClientSettings
 from monitoring.app import Worker, create_app
 from monitoring.collector import DhtCollector
 from monitoring.metrics import HealthMetrics
@@ -65,8 +66,12 @@ def _import_before_threads() -> None:
         importlib.import_module(name)
 
 
-def build_service(swarm: SwarmSettings, health: HealthSettings) -> HealthService:
+def build_service(
+    swarm: SwarmSettings, health: HealthSettings, client: ClientSettings | None = None
+) -> HealthService:
     """Wire a service for ``swarm``; nothing starts until the app's lifespan does.
+
+    ``client``: the probe's client settings (default: ``[client]`` of the default config file).
 
     Raises ConfigError without bootstrap peers, or without trusted servers while the probe is
     on (it must never route through strangers).
@@ -100,6 +105,7 @@ def build_service(swarm: SwarmSettings, health: HealthSettings) -> HealthService
             tokens=health.probe_tokens,
             timeout_s=health.probe_timeout_s,
             prompt=health.probe_prompt,
+            options=client,
         )
         if health.probe
         else None
@@ -115,12 +121,14 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_service(swarm: SwarmSettings, health: HealthSettings) -> int:
+def run_service(
+    swarm: SwarmSettings, health: HealthSettings, client: ClientSettings | None = None
+) -> int:
     """Serve in the foreground until SIGTERM/SIGINT; then stop the probe, the refresher and the
     DHT clients (with their p2pd) before returning 0."""
     import uvicorn
 
-    service = build_service(swarm, health)
+    service = build_service(swarm, health, client)
     config = uvicorn.Config(
         service.app,
         host=health.host,

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "through the trusted servers every probe interval (time to first token, tokens/s), and "
         "serve it all over HTTP for Prometheus and people. SIGTERM/SIGINT stop it cleanly. "
         "Swarm settings come from [swarm] in swarm.toml / PETALS_*, the service's own from "
-        "[health] / PETALS_HEALTH_*; flags override both.",
+        "[health] / PETALS_HEALTH_*, the probe's client from [client] / PETALS_CLIENT_*; flags "
+        "override them.",
     )
     add_arguments(parser, SwarmSettings, SWARM_FIELDS)
     add_arguments(parser, HealthSettings, config_flag=False)
@@ -32,12 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from client.settings import ClientSettings
     from monitoring.service import run_service
     from monitoring.settings import HealthSettings
 
     swarm = SwarmSettings.from_args(args)
     health = HealthSettings.from_args(args)
+    # The probe's client reads [client] from the same file as everything else (--config too).
+    client = ClientSettings.load(getattr(args, "config", None))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return run_service(swarm, health)
+    return run_service(swarm, health, client)

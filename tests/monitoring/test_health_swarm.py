@@ -312,6 +312,28 @@ def test_health_refuses_to_start_without_bootstrap_peers(tmp_path: Path):
     )
 
 
+def test_health_reads_the_probes_client_settings_from_its_config_file(tmp_path: Path):
+    """The probe's [client] table comes from --config too: a bad value there stops the start."""
+    config = tmp_path / "elsewhere.toml"
+    peer = "/ip4/127.0.0.1/tcp/9/p2p/QmYqpnb37uQgZZDmXyBdv1UVUZ221oupeLpnagyL1DxtYA"
+    config.write_text(
+        f"[swarm]\nmodel = 'petals-team/StableBeluga2'\ninitial_peers = ['{peer}']\n"
+        "[client]\nmax_retries = 0\n"
+    )
+    result = subprocess.run(
+        [PETALCTL, "health", "--config", str(config), "--no-probe"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no swarm.toml here: only --config can name the bad value
+        env=petalctl_env(),
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("petalctl: error:") and "max_retries" in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_health_settings_from_the_health_table_env_and_flags(tmp_path: Path, monkeypatch):
     from monitoring.settings import HealthSettings
     from swarm.errors import ConfigError
