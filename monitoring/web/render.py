@@ -287,13 +287,7 @@ def _server_history(history: HistoryState) -> str:
         )
         for t in history.servers
     )
-    legend = _history_legend(_SERVER_MARKS)
-    return (
-        f'<section class="history" id="server-history"><h2>Servers over the last '
-        f"{history.points} reads</h2>{legend}"
-        f'<div class="table-wrap"><table class="strips"><tbody>{rows}</tbody></table></div>'
-        "</section>"
-    )
+    return _history_section("server-history", "Servers", history.points, _SERVER_MARKS, rows)
 
 
 def _bootstrap_history(history: HistoryState) -> str:
@@ -308,10 +302,17 @@ def _bootstrap_history(history: HistoryState) -> str:
         )
         for b in history.bootstraps
     )
-    legend = _history_legend(_BOOTSTRAP_MARKS)
+    return _history_section(
+        "bootstrap-history", "Bootstrap peers", history.points, _BOOTSTRAP_MARKS, rows
+    )
+
+
+def _history_section(
+    section_id: str, title: str, points: int, marks: Sequence[tuple[str, str]], rows: str
+) -> str:
     return (
-        f'<section class="history" id="bootstrap-history"><h2>Bootstrap peers over the last '
-        f"{history.points} reads</h2>{legend}"
+        f'<section class="history" id="{section_id}"><h2>{title} over the last '
+        f"{points} reads</h2>{_history_legend(marks)}"
         f'<div class="table-wrap"><table class="strips"><tbody>{rows}</tbody></table></div>'
         "</section>"
     )
