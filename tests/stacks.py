@@ -15,6 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
+class ChildHung(subprocess.TimeoutExpired):
+    """A ``TimeoutExpired`` whose message ends with the child's last stderr: its threads' stacks."""
+
+    def __str__(self) -> str:
+        tail = _text(self.stderr)[-6000:]
+        return f"{super().__str__()}; its stderr ends with:\n{tail}"
+
+
 def run_showing_stacks(
     argv: Sequence[str],
     *,
@@ -43,7 +51,7 @@ def run_showing_stacks(
                 proc.kill()
                 proc.wait()
                 out, err = _text(late.output), _text(late.stderr)
-            raise subprocess.TimeoutExpired(proc.args, timeout, output=out, stderr=err) from None
+            raise ChildHung(proc.args, timeout, output=out, stderr=err) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
