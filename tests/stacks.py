@@ -16,11 +16,16 @@ from typing import Any
 
 
 class ChildHung(subprocess.TimeoutExpired):
-    """A ``TimeoutExpired`` whose message ends with the child's last stderr: its threads' stacks."""
+    """A ``TimeoutExpired`` whose message ends with the child's last output (where it was, e.g.
+    the task an ansible-playbook waited on) and last stderr (its threads' stacks)."""
 
     def __str__(self) -> str:
-        tail = _text(self.stderr)[-6000:]
-        return f"{super().__str__()}; its stderr ends with:\n{tail}"
+        out = _text(self.output)[-4000:]
+        err = _text(self.stderr)[-6000:]
+        return (
+            f"{super().__str__()}; its stdout ends with:\n{out}\n"
+            f"-- and its stderr ends with:\n{err}"
+        )
 
 
 def run_showing_stacks(

@@ -120,6 +120,28 @@ class SwarmLab:
                 return per_block
             time.sleep(2)
 
+    def diagnose(self) -> str:
+        """What the day-2 waits read, for a failure message: the health service's state and
+        journal, and the DHT as `petalctl status` sees it."""
+        parts = []
+        state_url = f"http://{self.lab.ip(SERVICE_HOST)}:9160/api/v1/state"
+        for title, cmd in (
+            ("health state", f"curl -s -m 10 {state_url} | head -c 3000"),
+            ("health journal", "journalctl -u petals-health --no-pager -n 60 | cut -c1-300"),
+            ("server journals", "journalctl -u 'petals-server@*' --no-pager -n 30 | cut -c1-300"),
+        ):
+            try:
+                res = self.lab.ssh(SERVICE_HOST, cmd, timeout=60)
+                parts.append(f"== {title}:\n{res.stdout}{res.stderr}")
+            except Exception as exc:  # a diagnosis must not hide the failure it explains
+                parts.append(f"== {title}: {exc!r}")
+        try:
+            code, doc = self.status()
+            parts.append(f"== petalctl status (exit {code}): {doc.get('block_servers')}")
+        except Exception as exc:
+            parts.append(f"== petalctl status: {exc!r}")
+        return "\n".join(parts)
+
     def unit(self, host: str, unit: str, *props: str) -> dict[str, str]:
         """systemctl show properties of a unit on a host."""
         res = self.lab.ssh(host, f"systemctl show --property={','.join(props)} {unit}", check=True)
@@ -266,6 +288,9 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                     "PETALS_HEALTH_REFRESH_INTERVAL_S": 2,
                     "PETALS_HEALTH_PROBE_INTERVAL_S": 300,
                 },
+                # A wait that never ends fails the playbook with the health service's answer
+                # before the test's own timeout kills it (which shows no more than the task).
+                "petals_day2_coverage_timeout": 480,
                 "petals_gateway_state": "stopped",
                 "petals_gateway_allow_anonymous": True,
                 "petals_bot_state": "stopped",

@@ -69,7 +69,7 @@ def test_rolling_restart_never_leaves_a_block_uncovered(swarm_lab: SwarmLab) -> 
     finally:
         samples = sampler.stop()
 
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:] + swarm_lab.diagnose()
     assert sorted(parse_recap(res.stdout)) == sorted(SERVER_HOSTS)
     readings = [s for s in samples if "min" in s]
     assert len(readings) >= 30 and len(readings) >= 0.8 * len(samples), samples[-5:]
@@ -91,7 +91,7 @@ def test_upgrade_restarts_a_host_whose_runtime_changed(swarm_lab: SwarmLab) -> N
     res = swarm_lab.playbook(
         "upgrade.yml", "--limit", host, "-e", "petals_runtime_changed=true", timeout=900
     )
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:] + swarm_lab.diagnose()
     after = {h: main_pid(swarm_lab, h) for h in SERVER_HOSTS}
     assert [h for h in SERVER_HOSTS if after[h] != before[h]] == [host]
     assert swarm_lab.replication() == [REPLICATION] * NUM_BLOCKS
