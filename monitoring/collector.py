@@ -251,8 +251,10 @@ class DhtCollector:
         replication_target: int,
         reachability_timeout_s: float = 5.0,
         startup_timeout_s: float = 30.0,
+        read_timeout_s: float | None = None,
         open_dht: OpenDht | None = None,
     ) -> None:
+        from swarm.dht import READ_TIMEOUT_S
         from swarm.dht import open_dht as default_open_dht
 
         self._initial_peers = swarm.require_initial_peers()
@@ -263,6 +265,8 @@ class DhtCollector:
         self._replication_target = replication_target
         self._reachability_timeout_s = reachability_timeout_s
         self._startup_timeout_s = startup_timeout_s
+        # A read with no answer by then fails, and the next read joins the swarm afresh.
+        self._read_timeout_s = READ_TIMEOUT_S if read_timeout_s is None else read_timeout_s
         self._open_dht = open_dht or default_open_dht
         self._lock = threading.Lock()
         self._stack: contextlib.ExitStack | None = None
@@ -277,7 +281,9 @@ class DhtCollector:
             started = time.monotonic()
             dht = self._connected()
             try:
-                records = read_announcements(dht, self._dht_prefix, self._num_blocks)
+                records = read_announcements(
+                    dht, self._dht_prefix, self._num_blocks, timeout=self._read_timeout_s
+                )
                 online = [r.peer_id for r in records if r.state == "online"]
                 rtts = ping_servers(dht, online, self._reachability_timeout_s)
                 boot_rtts, peers = ping_bootstraps(
@@ -333,12 +339,29 @@ class DhtCollector:
         return self._dht
 
     def _disconnect(self) -> None:
-        stack, self._stack, self._dht = self._stack, None, None
+        from swarm.process import kill_leftovers, tree_of
+
+        stack, dht, self._stack, self._dht = self._stack, self._dht, None, None
+        # Taken before the shutdown: once the DHT process is gone its p2pd is re-parented.
+        pid = getattr(dht, "pid", None)
+        tree = tree_of(pid) if isinstance(pid, int) else {}
         if stack is not None:
             try:
                 stack.close()
             except Exception:
                 log.warning("shutting down the DHT client failed", exc_info=True)
+        # A wedged or stopped DHT process ignores the shutdown and SIGTERM: it and its p2pd
+        # would outlive it, one more pair on every rejoin.
+        if killed := kill_leftovers(tree):
+            log.warning("the DHT client did not shut down; killed its processes %s", killed)
+        if dht is not None and hasattr(dht, "join"):
+            dht.join(timeout=10)  # reap it
+
+    @property
+    def dht_pid(self) -> int | None:
+        """The DHT client's process ID while joined (it runs p2pd as its child), else None."""
+        pid = getattr(self._dht, "pid", None)
+        return pid if isinstance(pid, int) else None
 
     def close(self) -> None:
         """Shut the DHT client down; waits for a read in progress."""

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 UID_DELIMITER = "."  # petals.data_structures.UID_DELIMITER
 
+# Longest one DHT read may take. A read is a few RPCs of at most hivemind's 3 s wait each, done in
+# well under a second on a healthy swarm; a read still running after this is stuck (the DHT's
+# process or p2pd wedged), and the caller must see a failure rather than wait forever.
+READ_TIMEOUT_S = 60.0
+
 
 def block_uids(dht_prefix: str, blocks: Sequence[int]) -> list[str]:
     return [f"{dht_prefix}{UID_DELIMITER}{index}" for index in blocks]
@@ -92,14 +97,32 @@ def _info_to_dict(info: Any) -> dict[str, Any]:
     }
 
 
-def read_announcements(dht: DHT, dht_prefix: str, num_blocks: int) -> list[ServerAnnouncement]:
-    """One record per server announcing any of the model's blocks (latest records, any state)."""
+def _result(future: Any, timeout: float, what: str) -> Any:
+    """The DHT process's answer, or ``SwarmUnavailable`` once ``timeout`` has passed."""
+    import concurrent.futures
+
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise SwarmUnavailable(f"the DHT gave no answer to {what} within {timeout:.0f} s") from None
+
+
+def read_announcements(
+    dht: DHT, dht_prefix: str, num_blocks: int, *, timeout: float = READ_TIMEOUT_S
+) -> list[ServerAnnouncement]:
+    """One record per server announcing any of the model's blocks (latest records, any state).
+
+    Raises ``SwarmUnavailable`` when the DHT gives no answer within ``timeout`` seconds."""
     import swarm.compat
 
     swarm.compat.apply()  # a statement, so import sorting can never move petals above it
     from petals.utils.dht import get_remote_module_infos
 
-    infos = get_remote_module_infos(dht, block_uids(dht_prefix, range(num_blocks)), latest=True)
+    future = get_remote_module_infos(
+        dht, block_uids(dht_prefix, range(num_blocks)), latest=True, return_future=True
+    )
+    infos = _result(future, timeout, "a read of the block announcements")
     per_block: list[dict[str, dict[str, Any]]] = []
     for module_info in infos:
         per_block.append(
@@ -108,12 +131,15 @@ def read_announcements(dht: DHT, dht_prefix: str, num_blocks: int) -> list[Serve
     return merge_announcements(per_block)
 
 
-def latest_records(dht: DHT, uids: Sequence[str]) -> dict[tuple[str, str], tuple[str, float]]:
+def latest_records(
+    dht: DHT, uids: Sequence[str], *, timeout: float = READ_TIMEOUT_S
+) -> dict[tuple[str, str], tuple[str, float]]:
     """Each server's latest record per block, as ``{(uid, peer_id): (state, expiration)}``.
 
     petals' ``get_remote_module_infos`` drops expirations; they tell a record a server stored
     just now from one a dead process stored before (see ``wait_for_blocks``). State and
-    expiration come from one read, so they belong to the same record.
+    expiration come from one read, so they belong to the same record. Raises
+    ``SwarmUnavailable`` when the DHT gives no answer within ``timeout`` seconds.
     """
     import swarm.compat
 
@@ -121,7 +147,8 @@ def latest_records(dht: DHT, uids: Sequence[str]) -> dict[tuple[str, str], tuple
     from petals.data_structures import ServerState
 
     names = {state.value: state.name.lower() for state in ServerState}
-    raw = dht.run_coroutine(partial(_latest_records, uids=list(uids)))
+    future = dht.run_coroutine(partial(_latest_records, uids=list(uids)), return_future=True)
+    raw = _result(future, timeout, "a read of the latest block records")
     return {key: (names.get(state, "unknown"), expires) for key, (state, expires) in raw.items()}
 
 
@@ -165,26 +192,38 @@ def wait_for_blocks(
     wanted = set(range(num_blocks) if blocks is None else blocks)
     allowed = set(peer_ids) if peer_ids is not None else None
     deadline = time.monotonic() + timeout
+    records: list[ServerAnnouncement] = []
+    covered: set[int] = set()
+    read_error = ""
     while True:
-        records = read_announcements(dht, dht_prefix, num_blocks)
-        if on_poll:
-            on_poll(records)
-        if expiring_after is None:
-            covered = {
-                block
-                for record in records
-                if record.state == "online" and (allowed is None or record.peer_id in allowed)
-                for block in range(record.start_block, record.end_block)
-            }
-        else:
-            uids = dict(zip(block_uids(dht_prefix, sorted(wanted)), sorted(wanted), strict=True))
-            covered = {
-                uids[uid]
-                for (uid, peer_id), (state, expiration) in latest_records(dht, list(uids)).items()
-                if state == "online"
-                and expiration >= expiring_after
-                and (allowed is None or peer_id in allowed)
-            }
+        # A read that gets no answer is a poll that saw nothing; the deadline still holds.
+        read_timeout = min(READ_TIMEOUT_S, max(1.0, deadline - time.monotonic()))
+        try:
+            records = read_announcements(dht, dht_prefix, num_blocks, timeout=read_timeout)
+            if on_poll:
+                on_poll(records)
+            if expiring_after is None:
+                covered = {
+                    block
+                    for record in records
+                    if record.state == "online" and (allowed is None or record.peer_id in allowed)
+                    for block in range(record.start_block, record.end_block)
+                }
+            else:
+                uids = dict(
+                    zip(block_uids(dht_prefix, sorted(wanted)), sorted(wanted), strict=True)
+                )
+                latest = latest_records(dht, list(uids), timeout=read_timeout)
+                covered = {
+                    uids[uid]
+                    for (uid, peer_id), (state, expiration) in latest.items()
+                    if state == "online"
+                    and expiration >= expiring_after
+                    and (allowed is None or peer_id in allowed)
+                }
+            read_error = ""
+        except SwarmUnavailable as exc:
+            covered, read_error = set(), f" (the last read failed: {exc})"
         missing = sorted(wanted - covered)
         if not missing:
             return records
@@ -193,7 +232,7 @@ def wait_for_blocks(
         if time.monotonic() >= deadline:
             raise SwarmUnavailable(
                 f"blocks {_ranges(missing)} of {dht_prefix} still not served ONLINE after "
-                f"{timeout:.0f}s"
+                f"{timeout:.0f}s{read_error}"
             )
         time.sleep(poll_s)
 

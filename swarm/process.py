@@ -78,6 +78,28 @@ def _alive_as_before(pid: int, start: str) -> bool:
     return fields is not None and fields[0] != "Z" and fields[19] == start
 
 
+def tree_of(pid: int) -> dict[int, str]:
+    """``pid`` and its live descendants, mapped to their start times (for ``kill_leftovers``)."""
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] == "Z":
+        return {}
+    return {pid: fields[19], **descendants(pid)}
+
+
+def kill_leftovers(tree: dict[int, str]) -> list[int]:
+    """SIGKILL the processes of ``tree`` (from ``tree_of``) that still run; the PIDs killed.
+
+    For a tree whose polite shutdown is over: a stopped (SIGSTOP) or wedged process ignores
+    SIGTERM, and a child re-parented away from its dead leader is no one's to reap."""
+    killed = []
+    for pid, start in tree.items():
+        if _alive_as_before(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
 class ManagedProcess:
     """One child process tree; ``stop()`` reaps all of it."""
 

@@ -6,13 +6,19 @@ rules watch a swarm of a bootstrap peer and two servers, and the service is neve
   with zero servers and PetalsBlockUncovered's expression true;
 - with the bootstrap peer and every server killed, the service says it cannot see the swarm
   (petals_collector_up 0, no bootstrap up) instead of reporting every block uncovered;
-- restarted with the same identities and ports, the swarm is seen again and fully covered.
+- restarted with the same identities and ports, the swarm is seen again and fully covered;
+- with the service's own DHT client stopped (SIGSTOP: a wedged DHT whose reads never answer), a
+  read fails after the read timeout, the wedged client and its p2pd are killed, and the service
+  joins again and sees the swarm.
 Along the way /api/v1/state's history shows the killed server online, then unreachable, then online
 again, and the bootstrap peer reachable, unreachable through the outage, then reachable again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +34,7 @@ from monitoring.settings import HealthSettings
 from swarm.dht import wait_for_listener
 from swarm.launch import bootstrap_argv, server_argv, start_bootstrap, start_server
 from swarm.localswarm import LocalSwarm, ServerHandle
+from swarm.process import tree_of
 from swarm.swarm_settings import SwarmSettings
 from tests.monitoring.procs import serve_in_thread, wait_until
 from tests.monitoring.test_prometheus_live import alert_exprs, prometheus
@@ -38,6 +45,9 @@ REFRESH_S = 2.0
 # Generous poll limits: the issue asks for "within two refresh periods"; the test reports what it
 # measured rather than failing on a slow shared machine.
 POLL_S = 90
+# The service's read timeout here: far above a read on a loaded machine (well under a second),
+# short enough for the wedged-client test.
+READ_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +110,7 @@ def watch(swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = HealthSettings(refresh_interval_s=REFRESH_S, probe=False)
     collector = DhtCollector(
         swarm.settings(), num_blocks=swarm.num_blocks, replication_target=1,
-        reachability_timeout_s=1.0, startup_timeout_s=5.0,
+        reachability_timeout_s=1.0, startup_timeout_s=5.0, read_timeout_s=READ_TIMEOUT_S,
     )  # fmt: skip
     # Room for every read of the module's tests (~2 s apart), so no mark ages out mid-test.
     refresher = Refresher(collector, REFRESH_S, join_timeout_s=30, history_points=500)
@@ -238,3 +248,46 @@ def test_a_whole_outage_reads_as_blind_not_uncovered_and_recovers_by_itself(swar
     boot = runs(watch.bootstrap_marks())
     print(f"history of the bootstrap peer: {boot}")
     assert boot[-3:] == ["reachable", "unreachable", "reachable"]
+
+
+def test_a_wedged_dht_client_is_killed_and_replaced(swarm, watch):
+    watch.wait("min(petals_collector_up)", 1, "the service to see the swarm")
+    pid = watch.collector.dht_pid
+    assert pid is not None
+    tree = tree_of(pid)
+    assert len(tree) >= 2, f"the DHT client {pid} runs no p2pd: {tree}"
+    connects_before = watch.collector.connects
+    errors_before = httpx.get(f"{watch.service_url}/api/v1/state", timeout=5).json()["refresh"][
+        "errors_total"
+    ]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: watch.collector.connects > connects_before,
+            timeout=POLL_S,
+            what="the service to join the swarm again with a new DHT client",
+        )
+    finally:
+        for leftover in tree:  # lets a failed test's leftovers end on their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGCONT)
+
+    # Every process of the wedged client is gone (killed, not left stopped or re-parented).
+    def left() -> list[int]:  # same PID and start time: not a new process reusing the PID
+        return [p for p, start in tree.items() if tree_of(p).get(p) == start]
+
+    wait_until(
+        lambda: not left(),
+        timeout=30,
+        what="the wedged DHT client and its p2pd to be gone",
+        on_timeout=lambda: str(left()),
+    )
+    assert watch.collector.dht_pid not in (None, pid)
+    refresh = httpx.get(f"{watch.service_url}/api/v1/state", timeout=5).json()["refresh"]
+    assert refresh["errors_total"] > errors_before, refresh
+    took = watch.wait(
+        "min(petals_collector_up) * min(petals_blocks_covered_ratio)",
+        1,
+        "coverage seen through the new DHT client",
+    )
+    print(f"wedged DHT client replaced; coverage seen again {took:.1f} s after the rejoin")

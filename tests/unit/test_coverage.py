@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 
 from swarm.coverage import ServerAnnouncement, merge_announcements, render_status, servers_per_block
@@ -62,3 +64,36 @@ def test_render_status_marks_uncovered_runs_and_untrusted():
 def test_block_uids_and_ranges():
     assert block_uids("tiny", range(3)) == ["tiny.0", "tiny.1", "tiny.2"]
     assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+class SilentDht:
+    """A DHT whose process takes every request and never answers (wedged or SIGSTOPped)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def run_coroutine(self, coro, return_future=False):
+        assert return_future, "a read that waits without a timeout would hang here forever"
+        self.requests += 1
+        return concurrent.futures.Future()
+
+
+def test_a_read_the_dht_never_answers_fails_after_its_timeout():
+    from swarm.dht import latest_records, read_announcements
+    from swarm.errors import SwarmUnavailable
+
+    with pytest.raises(SwarmUnavailable, match="no answer to a read of the block announcements"):
+        read_announcements(SilentDht(), "tiny", 4, timeout=0.05)
+    with pytest.raises(SwarmUnavailable, match="no answer to a read of the latest block records"):
+        latest_records(SilentDht(), ["tiny.0"], timeout=0.05)
+
+
+def test_wait_for_blocks_ends_at_its_deadline_when_the_dht_never_answers():
+    from swarm.dht import wait_for_blocks
+    from swarm.errors import SwarmUnavailable
+
+    dht = SilentDht()
+    # A read may use what is left of the wait, no more: the wait still ends, and says why.
+    with pytest.raises(SwarmUnavailable, match=r"blocks 0-3 .* \(the last read failed: the DHT"):
+        wait_for_blocks(dht, "tiny", 4, timeout=1.0, poll_s=0.01)
+    assert dht.requests >= 1
