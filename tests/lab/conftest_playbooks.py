@@ -39,6 +39,10 @@ SERVICE_HOST = "boot1"  # health service, monitoring files, gateway and bot unit
 PUBLIC_HOST = "srv3"
 OUTSIDER = "out1"
 NUM_BLOCKS = 8
+# The controller runs the playbooks 5 hours west of UTC (a POSIX TZ string: no tzdata needed), as
+# an admin's laptop may; the hosts run in UTC. Times the playbooks compute must not depend on it
+# (the day-2 waits once waited for a snapshot from hours ahead, and hung until their timeout).
+CONTROLLER_TZ = "LAB+5"
 REPLICATION = 2
 PETALCTL = str(Path(sys.executable).parent / "petalctl")
 
@@ -90,8 +94,9 @@ class SwarmLab:
     ) -> subprocess.CompletedProcess[str]:
         vault = ("--vault-password-file", str(self.vault_password_file))
         return self.lab.ansible_playbook(
-            PLAYBOOKS / name, self.inventory, *vault, *args, timeout=timeout
-        )
+            PLAYBOOKS / name, self.inventory, *vault, *args, timeout=timeout,
+            env={"TZ": CONTROLLER_TZ},
+        )  # fmt: skip
 
     @property
     def swarm_env(self) -> dict[str, str]:
