@@ -9,6 +9,8 @@ east of UTC it lay hours behind, so a snapshot from before the restart passed at
 
 from __future__ import annotations
 
+import concurrent.futures
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,11 +40,11 @@ def covered() -> SwarmSnapshot:
 
 
 @contextmanager
-def health_service(fetch: Callable[[], SwarmSnapshot]) -> Iterator[str]:
+def health_service(fetch: Callable[[], SwarmSnapshot], port: int | None = None) -> Iterator[str]:
     settings = HealthSettings(refresh_interval_s=0.2, probe=False)
     refresher = Refresher(fetch, settings.refresh_interval_s)
     metrics = HealthMetrics("test-model", refresher.status)
-    with serve_in_thread(create_app(settings, refresher, metrics)) as url:
+    with serve_in_thread(create_app(settings, refresher, metrics), port) as url:
         yield url
 
 
@@ -83,3 +85,25 @@ def test_a_snapshot_from_before_the_wait_never_ends_it(tmp_path: Path, tz: str):
     # It says why: the service's last read was good but older than the wait.
     assert "its last read of the DHT showed min_replication 2 and was taken -" in message, message
     print(message[:600])
+
+
+def test_the_wait_outlasts_a_health_service_that_is_still_starting(tmp_path: Path):
+    # rolling_restart.yml restarts the health service too, then waits through it at once. Here the
+    # wait's first request reaches a listener that drops it (a service going down), then nothing
+    # listens for a moment, then the service answers.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(wait_coverage, tmp_path, url, "UTC", 120)
+            listener.settimeout(120)
+            connection, _ = listener.accept()  # the wait's first request...
+            connection.close()  # ...dropped unanswered
+            listener.close()
+            assert not waiting.done(), waiting.result().stdout[-3000:]
+            with health_service(covered, port=port):
+                result = waiting.result(timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "FAILED - RETRYING: [localhost]: Note when the wait began" in result.stdout, (
+        result.stdout[-3000:]
+    )
