@@ -214,9 +214,7 @@ class ManagedProcess:
                 time.sleep(0.05)
             if not alive() or last_resort:
                 return
-            for pid in alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_leftovers(tree)
 
     def kill(self) -> None:
         """Immediate SIGKILL of the whole group (tests, or a second Ctrl-C)."""
@@ -224,10 +222,7 @@ class ManagedProcess:
             return
         tree = descendants(self.pid)
         self._signal_group(signal.SIGKILL)
-        for pid, start in tree.items():
-            if _alive_as_before(pid, start):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_leftovers(tree)
         self._wait_group_empty(time.monotonic() + 10)
         self._proc.wait(timeout=10)
         self._close_log()
