@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 HELP = (
@@ -88,6 +89,9 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_chat(args: argparse.Namespace) -> int:
     from client.cli_support import generation_params, started_client
 
+    # Ctrl-C stops an answer even when the chat was started with SIGINT ignored (a script's
+    # background job, nohup): Python then installs no KeyboardInterrupt handler at all.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     params = generation_params(args)
     print("connecting to the private swarm...", file=sys.stderr, flush=True)
     with started_client(args) as client, client.conversation(args.system) as conversation:

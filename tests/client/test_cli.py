@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import queue
 import signal
@@ -107,6 +108,13 @@ class _Reader:
                 continue
         return self.text.index(needle, start) + len(needle)
 
+    def drain(self) -> str:
+        """Everything read so far (for a failure message)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.text += self.chunks.get_nowait()
+        return self.text
+
     def wait_for_any(self, start: int, timeout: float = 120) -> None:
         """Wait until any text follows position ``start`` (a first streamed piece)."""
         deadline = time.monotonic() + timeout
@@ -151,6 +159,10 @@ def test_chat_ctrl_c_stops_the_answer_not_the_program(
         text=True,
         bufsize=1,
         start_new_session=True,  # its own process group, like a terminal's job
+        # Started with SIGINT ignored, as a background job of a script (`make test` under nohup,
+        # where this test once failed: Python then installs no KeyboardInterrupt handler): the
+        # chat must still stop its answer on Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     out, err = _Reader(process.stdout), _Reader(process.stderr)
     try:
@@ -164,7 +176,7 @@ def test_chat_ctrl_c_stops_the_answer_not_the_program(
         try:
             stopped = out.wait_for(" [stopped]", start=mark) - len(" [stopped]")
         except AssertionError as exc:  # say what the chat itself said
-            tail = err.text[-3000:]
+            tail = err.drain()[-3000:]
             raise AssertionError(f"{exc}\nthe chat's stderr ends with:\n{tail}") from None
         shown = out.text[mark:stopped]
         assert shown, "some of the answer was shown before Ctrl-C"
