@@ -27,12 +27,21 @@ SUITE = "bookworm"
 BASE_PACKAGES = (
     "python3", "python3-venv", "python3-apt", "openssh-server", "systemd", "systemd-sysv", "dbus",
     "iproute2", "sudo", "procps", "nftables", "curl", "acl",
+    # What the roles install from the distribution, baked in because the hosts reach no package
+    # index: the roles' apt tasks then find them present, and the services run for real.
+    "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "caddy",
 )  # fmt: skip
+# Services the packages above enable at boot; in the lab, as on a host where the roles have not
+# run yet, only the roles start them (Prometheus on every host would also cost memory).
+PACKAGED_SERVICES = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "caddy")
 # Run on the finished rootfs ($1); changing them changes the cache key. apt's timers would wake
 # up mid-test, find no network and leave the host degraded.
 BASE_HOOKS = (
     "for t in apt-daily apt-daily-upgrade; do"
     ' ln -sf /dev/null "$1/etc/systemd/system/$t.timer"; done',
+    f"for s in {' '.join(PACKAGED_SERVICES)}; do"
+    ' rm -f "$1/etc/systemd/system/multi-user.target.wants/$s.service"; done;'
+    ' rm -f "$1"/etc/systemd/system/timers.target.wants/prometheus-node-exporter-*.timer',
 )
 
 
