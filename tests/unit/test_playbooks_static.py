@@ -26,8 +26,10 @@ UNIT_TEMPLATES = sorted(PLAYBOOKS.glob("roles/*/templates/*.service.j2"))
 # The one sandbox block every unit template renders (playbooks/templates/petals-hardening.j2).
 HARDENING = PLAYBOOKS / "templates/petals-hardening.j2"
 HARDENING_IMPORT = "{% from 'petals-hardening.j2' import hardening %}"
-# The tags every role task carries (at least one; site.yml adds the role's name).
+# The tags every role task carries (at least one; site.yml adds the role's name). Checks and the
+# facts other roles read carry `always` instead: any phase or role then runs on its own.
 PHASES = {"install", "configure", "service"}
+ANY_SELECTION = PHASES | {"always"}
 # Every long-running unit: a dedicated user, hardening, restarts, a kill mode that reaps p2pd.
 LONG_RUNNING_KEYS = (
     "User", "Restart", "KillMode", "NoNewPrivileges", "ProtectSystem", "ProtectHome",
@@ -70,7 +72,7 @@ class _Unset(jinja2.ChainableUndefined):
         return "{" + str(self._undefined_name) + "}"
 
 
-def render_unit(template: Path, cpu_mode: bool) -> str:
+def render_unit(template: Path, cpu_mode: bool, **more: object) -> str:
     """The unit as Ansible's template module lays it out (trim_blocks, the playbooks' templates)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([template.parent, HARDENING.parent]),
@@ -83,8 +85,38 @@ def render_unit(template: Path, cpu_mode: bool) -> str:
         "petals_server_cpu_mode": cpu_mode,
         "petals_server_attn_cache_tokens": 0,
         "petals_server_ready_timeout": 600,
+        **more,
     }
     return env.from_string(template.read_text()).render(variables)
+
+
+def _exec_start(text: str) -> str:
+    """ExecStart= with its continuation lines joined, as systemd reads it."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return next(line for line in joined.splitlines() if line.startswith("ExecStart="))
+
+
+@pytest.mark.parametrize(
+    ("peers", "device"), [([], "cuda:0"), (["/ip4/10.1.2.3/tcp/31337/p2p/QmPublic"], "cpu")]
+)
+def test_public_contributor_joins_the_given_public_peers_or_petals_own(
+    peers: list[str], device: str
+) -> None:
+    template = (
+        PLAYBOOKS
+        / "roles/petals_public_contributor/templates/petals-public-contributor@.service.j2"
+    )
+    text = render_unit(
+        template, False, petals_public_contributor_initial_peers=peers,
+        petals_public_contributor_device=device,
+        petals_public_contributor_extra_args=["--num_blocks", "3"],
+    )  # fmt: skip
+    line = _exec_start(text)
+    # No --initial_peers at all means Petals' own public bootstrap peers.
+    assert ("--initial_peers" in line) == bool(peers)
+    for peer in peers:
+        assert f"--initial_peers {peer} " in line
+    assert line.endswith(f"--device {device} --num_blocks 3"), line
 
 
 def unit_keys(text: str) -> set[str]:
@@ -195,10 +227,32 @@ TASK_FILES = sorted(PLAYBOOKS.glob("roles/*/tasks/*.yml"))
 def test_every_role_task_carries_a_phase_tag(tasks_file: Path) -> None:
     tasks = role_tasks(yaml.safe_load(tasks_file.read_text()))
     assert tasks
-    untagged = [name for name, tags in tasks if not tags & PHASES]
-    assert untagged == [], "tag each with install, configure or service"
-    unknown = [(name, tags - PHASES) for name, tags in tasks if tags - PHASES]
+    untagged = [name for name, tags in tasks if not tags & ANY_SELECTION]
+    assert untagged == [], "tag each with install, configure or service (or always)"
+    unknown = [(name, tags - ANY_SELECTION) for name, tags in tasks if tags - ANY_SELECTION]
     assert unknown == []
+
+
+def test_facts_that_other_roles_read_are_set_whatever_is_selected() -> None:
+    """A fact another role's defaults read (a PeerID, a multiaddr) must be set under any --tags:
+    Ansible validates every role's arguments, templating its defaults, even when --tags skips
+    all of its tasks, and an undefined fact then fails the play."""
+    defaults = {r.name: (r / "defaults/main.yml").read_text() for r in ROLES}
+    problems, shared = [], 0
+    for tasks_file in TASK_FILES:
+        role = tasks_file.parts[-3]
+        for task in yaml.safe_load(tasks_file.read_text()) or []:
+            facts = task.get("ansible.builtin.set_fact") or {}
+            readers = {
+                other for name in facts for other, text in defaults.items()
+                if other != role and re.search(rf"\b{name}\b", text)
+            }  # fmt: skip
+            if readers:
+                shared += 1
+                if "always" not in task.get("tags", []):
+                    problems.append(f"{role}: {task['name']} (read by {sorted(readers)})")
+    assert shared >= 2
+    assert problems == []
 
 
 def test_an_include_carries_every_phase_of_the_tasks_it_includes() -> None:
@@ -223,7 +277,8 @@ def test_an_include_carries_every_phase_of_the_tasks_it_includes() -> None:
             inside = set().union(
                 *(tags for f in files for _, tags in role_tasks(yaml.safe_load(f.read_text())))
             )
-            missing = (inside & PHASES) - set(task.get("tags", []))
+            own = set(task.get("tags", []))
+            missing = set() if "always" in own else (inside & ANY_SELECTION) - own
             if missing:
                 problems.append(
                     f"{tasks_file.relative_to(PLAYBOOKS)}: {task['name']} lacks {sorted(missing)}"
