@@ -85,8 +85,14 @@ class SwarmLab:
     vault_password_file: Path
     bot_token: str
     health: bool
+    alert_sink: AlertSink
+    gateway_token: str
+    gateway_tls: dict[str, Path]
+    stand_in: StandInPublicSwarm
     swarm_toml: Path = Path()
     runs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    # What the controller (trusted) and the outsider could connect to during the first site.yml.
+    first_run_ports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def playbook(
@@ -151,6 +157,181 @@ class SwarmLab:
         """systemctl show properties of a unit on a host."""
         res = self.lab.ssh(host, f"systemctl show --property={','.join(props)} {unit}", check=True)
         return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+
+
+# Alertmanager's webhook receiver in the lab: appends each POSTed body as one JSON line to the
+# file given, and prints the port it listens on (the controller's lab address, any free port).
+ALERT_SINK = """
+import http.server, json, sys
+out = open(sys.argv[2], "a")
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        out.write(json.dumps({"path": self.path, "body": json.loads(body)}) + "\\n")
+        out.flush()
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer((sys.argv[1], 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class AlertSink:
+    """ALERT_SINK running in the lab namespace until close()."""
+
+    def __init__(self, lab: Lab, folder: Path) -> None:
+        self.file = folder / "alerts.jsonl"
+        self.file.touch()
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.netns, sys.executable, "-c", ALERT_SINK,
+             lab.controller_ip, str(self.file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        port = self._proc.stdout.readline().strip()
+        if not port.isdigit():
+            self.close()
+            raise AssertionError(f"the alert sink did not start: {port!r}")
+        self.url = f"http://{lab.controller_ip}:{port}/alertmanager"
+
+    def received(self) -> list[dict[str, Any]]:
+        """The webhook calls received so far."""
+        return [json.loads(line) for line in self.file.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.communicate(timeout=30)
+
+
+def make_gateway_tls(folder: Path, address: str) -> dict[str, Path]:
+    """A lab CA and a certificate for the gateway's address, signed by it (openssl)."""
+    tls = folder / "tls"
+    tls.mkdir()
+    paths = {name: tls / name for name in ("ca.crt", "ca.key", "gateway.crt", "gateway.key")}
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    csr, ext = tls / "gateway.csr", tls / "gateway.ext"
+    ext.write_text(
+        f"subjectAltName=IP:{address}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    for cmd in (
+        ["req", "-x509", *ec, "-keyout", paths["ca.key"], "-out", paths["ca.crt"], "-days", "2",
+         "-subj", "/CN=petals lab CA"],
+        ["req", *ec, "-keyout", paths["gateway.key"], "-out", csr, "-subj", f"/CN={address}"],
+        ["x509", "-req", "-in", csr, "-CA", paths["ca.crt"], "-CAkey", paths["ca.key"],
+         "-CAcreateserial", "-out", paths["gateway.crt"], "-days", "2", "-extfile", ext],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return paths
+
+
+def gateway_token_hash(name: str, token: str) -> str:
+    """NAME:sha256:HEX for petals_gateway_token_hashes, from the kit's own CLI."""
+    res = subprocess.run(
+        [PETALCTL, "gateway", "token", "hash", name], input=token + "\n",
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return res.stdout.strip()
+
+
+# Tries a TCP connection to each HOST:PORT argument every half second and prints a JSON line
+# whenever one's state changes ({"target", "open", "t"}); runs until killed.
+PORT_WATCH = """
+import asyncio, json, sys, time
+async def is_open(host, port):
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+async def main():
+    targets = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[1:]]
+    state = {}
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        started = time.monotonic()
+        now = await asyncio.gather(*(is_open(h, p) for h, p in targets))
+        for (h, p), is_up in zip(targets, now):
+            if state.get((h, p)) != is_up:
+                state[(h, p)] = is_up
+                event = {"target": f"{h}:{p}", "open": is_up, "t": time.time()}
+                print(json.dumps(event), flush=True)
+        await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+asyncio.run(main())
+"""
+
+
+class PortWatch:
+    """PORT_WATCH run from inside a network namespace (the controller's, or an outsider's)."""
+
+    def __init__(self, netns: str, targets: list[str]) -> None:
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", PORT_WATCH, *targets],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        first = self._proc.stdout.readline()
+        if '"ready"' not in first:
+            self.stop()
+            raise AssertionError(f"the port watch did not start: {first!r}")
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop watching; the state changes seen."""
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        out, _ = self._proc.communicate(timeout=30)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def kit_ports(lab: Lab) -> list[str]:
+    """HOST:PORT of the kit's ports in the lab that the firewall keeps to the trusted network."""
+    ports = [f"{lab.ip(h)}:31337" for h in BOOTSTRAP_HOSTS]
+    ports += [f"{lab.ip(h)}:{p}" for h in SERVER_HOSTS for p in (31340, 9100)]
+    ports += [f"{lab.ip(SERVICE_HOST)}:{p}" for p in (9160, 9090, 9093, 8443)]
+    return ports
+
+
+# The stand-in "public" swarm's DHT prefix: its lent server's blocks are announced under it.
+STAND_IN_PREFIX = "lab-public-stand-in"
+LENT_SERVER_ARGS = [
+    "--num_blocks", "3", "--dht_prefix", STAND_IN_PREFIX, "--throughput", "1",
+    "--torch_dtype", "float32", "--skip_reachability_check",
+]  # fmt: skip
+FREE_PORT = (
+    "import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])"
+)
+
+
+class StandInPublicSwarm:
+    """A bootstrap peer of a separate swarm on the lab network (at the controller's address): the
+    public Petals swarm as far as the lab's public contributor can tell."""
+
+    def __init__(self, lab: Lab, folder: Path) -> None:
+        from swarm.identity import create_identity
+        from swarm.launch import bootstrap_argv, runner_command
+        from swarm.process import ManagedProcess
+
+        identity = create_identity(folder / "stand-in-bootstrap.id")
+        port = lab.run_controller(
+            [sys.executable, "-c", FREE_PORT, lab.controller_ip], check=True
+        ).stdout.strip()
+        address = f"/ip4/{lab.controller_ip}/tcp/{port}"
+        argv = bootstrap_argv(identity_path=folder / "stand-in-bootstrap.id", host_maddrs=[address])
+        self.log = folder / "stand-in-bootstrap.log"
+        self.process = ManagedProcess(
+            "stand-in public bootstrap",
+            ["ip", "netns", "exec", lab.netns, *runner_command("dht", argv)],
+            env=lab.controller_env({"PYTHONPATH": str(REPO_ROOT)}),
+            log_path=self.log,
+        ).start()
+        self.multiaddr = f"{address}/p2p/{identity.peer_id}"
+
+    def close(self) -> None:
+        self.process.stop()
 
 
 class CoverageSampler:
@@ -257,9 +438,14 @@ def start_lab(lab_factory: LabFactory, model: str) -> Lab:
     )
 
 
-def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
-    """The inventory of the lab's swarm (CPU mode, replication 2) with a vaulted bot token."""
+def write_lab_inventory(
+    lab: Lab, folder: Path, model: str, sink: AlertSink, stand_in: StandInPublicSwarm
+) -> SwarmLab:
+    """The inventory of the lab's swarm (CPU mode, replication 2) with a vaulted bot token,
+    the gateway behind TLS, and Alertmanager posting to the sink."""
     token = "lab." + secrets.token_urlsafe(60)
+    gateway_token = "lab-gw-" + secrets.token_urlsafe(32)
+    tls = make_gateway_tls(folder, lab.ip(SERVICE_HOST))
     health = cli_has("health")
     start, stop = window_far_from_now()
     inventory = lab.write_inventory(
@@ -282,11 +468,12 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                 "petals_runtime_source": "wheelhouse",
                 "petals_runtime_wheelhouse_dir": WHEELHOUSE_IN_LAB,
                 "petals_server_ready_timeout": 600,
-                # The hosts reach no package index: Prometheus and Grafana are not installed,
-                # only their files; the gateway and the bot have nothing to talk to.
-                "petals_monitoring_install_packages": False,
-                "petals_monitoring_manage_services": False,
-                "petals_node_exporter_install_packages": False,
+                # Prometheus, Alertmanager, node_exporter and caddy come from the distribution,
+                # baked into the lab's rootfs (the hosts reach no package index); Grafana is not
+                # managed. Alerts go to the lab's sink; the bot has no Discord to talk to.
+                "petals_monitoring_scrape_interval": "2s",
+                "petals_monitoring_bot_webhook_url": sink.url,
+                "petals_monitoring_gateway_ca_file": str(tls["ca.crt"]),
                 "petals_health_state": "started" if health else "stopped",
                 # Fresh coverage for the day-2 waits; fewer probe generations on 2 cores.
                 "petals_health_env": {
@@ -296,8 +483,10 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                 # A wait that never ends fails the playbook with the health service's answer
                 # before the test's own timeout kills it (which shows no more than the task).
                 "petals_day2_coverage_timeout": 480,
-                "petals_gateway_state": "stopped",
-                "petals_gateway_allow_anonymous": True,
+                "petals_gateway_tls": "caddy",
+                "petals_gateway_tls_cert": str(tls["gateway.crt"]),
+                "petals_gateway_tls_key": str(tls["gateway.key"]),
+                "petals_gateway_token_hashes": [gateway_token_hash("lab", gateway_token)],
                 "petals_bot_state": "stopped",
                 **({} if health else {"petals_day2_health_url": ""}),
             }
@@ -307,17 +496,34 @@ def write_lab_inventory(lab: Lab, folder: Path, model: str) -> SwarmLab:
                 "petals_public_contributor_gpus": [1],
                 "petals_public_contributor_window_start": start,
                 "petals_public_contributor_window_stop": stop,
+                # The stand-in public swarm, the tiny model on the CPU (run_server then needs
+                # --num_blocks), and no calls to public services (the hosts reach none).
+                "petals_public_contributor_initial_peers": [stand_in.multiaddr],
+                "petals_public_contributor_model": model,
+                "petals_public_contributor_extra_args": LENT_SERVER_ARGS,
             }
         },
     )
-    return SwarmLab(lab, inventory, write_vault(folder, token), token, health)
+    vault = write_vault(folder, token)
+    return SwarmLab(lab, inventory, vault, token, health, sink, gateway_token, tls, stand_in)
 
 
 def converge(swarm: SwarmLab) -> None:
     """site.yml twice (the second run must change nothing); then the clients' swarm.toml."""
+    lab = swarm.lab
     for run in ("first", "second"):
         t0 = time.monotonic()
-        swarm.runs[run] = res = swarm.playbook("site.yml")
+        watches = {}
+        if run == "first":  # the firewall must close the ports before anything listens on them
+            watches = {
+                "trusted": PortWatch(lab.netns, kit_ports(lab)),
+                "outsider": PortWatch(lab.host_netns(OUTSIDER), kit_ports(lab)),
+            }
+        try:
+            swarm.runs[run] = res = swarm.playbook("site.yml")
+        finally:
+            for name, watch in watches.items():
+                swarm.first_run_ports[name] = watch.stop()
         swarm.timings[f"site.yml {run}"] = time.monotonic() - t0
         if res.returncode != 0:
             pytest.fail(
@@ -344,6 +550,7 @@ def swarm_lab(
     shutil.copytree(tiny_model_dir.resolve(), model_copy, dirs_exist_ok=True)
     model = str(model_copy)
     labs: list[Lab] = []
+    helpers: list[AlertSink | StandInPublicSwarm] = []
 
     def factory(hosts: list[str], **options: Any) -> Lab:
         labs.append(FirewallLab(hosts, base=lab_base, **options))
@@ -351,11 +558,18 @@ def swarm_lab(
 
     try:
         lab = start_lab(factory, model)
-        swarm = write_lab_inventory(lab, tmp_path_factory.mktemp("inventory"), model)
+        folder = tmp_path_factory.mktemp("inventory")
+        sink = AlertSink(lab, folder)
+        helpers.append(sink)
+        stand_in = StandInPublicSwarm(lab, folder)
+        helpers.append(stand_in)
+        swarm = write_lab_inventory(lab, folder, model, sink, stand_in)
         swarm.timings["boot"] = time.monotonic() - started
         converge(swarm)
         yield swarm
     finally:
+        for helper in helpers:
+            helper.close()
         for lab in labs:
             lab.close()
         shutil.rmtree(shared_models, ignore_errors=True)

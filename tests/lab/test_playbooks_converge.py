@@ -10,7 +10,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +27,7 @@ from tests.lab.conftest_playbooks import (
     SERVER_HOSTS,
     SERVICE_HOST,
     SwarmLab,
+    kit_ports,
 )
 from tests.lab.labhosts import REPO_ROOT, parse_recap
 
@@ -124,6 +128,17 @@ def test_firewall_keeps_swarm_ports_to_the_trusted_network(swarm_lab: SwarmLab) 
     assert health == "CLOSED"
 
 
+def test_no_kit_port_was_ever_open_to_the_outsider_during_the_first_deploy(
+    swarm_lab: SwarmLab,
+) -> None:
+    """Watched twice a second through the whole first site.yml: each port opened for the trusted
+    controller at some moment, and the outsider never once connected (the firewall came first)."""
+    seen = swarm_lab.first_run_ports
+    opened = {e["target"] for e in seen["trusted"] if e["open"]}
+    assert opened == set(kit_ports(swarm_lab.lab)), seen["trusted"]
+    assert [e for e in seen["outsider"] if e["open"]] == [], seen["outsider"]
+
+
 def test_rendered_units_verify_cleanly_and_are_hardened(swarm_lab: SwarmLab) -> None:
     # Every unit file the roles installed, checked where it runs (ExecStart must exist there).
     script = (
@@ -170,7 +185,12 @@ def test_public_contributor_is_isolated_and_waits_for_its_window(swarm_lab: Swar
         "InaccessiblePaths",
     )  # fmt: skip
     assert unit["User"] == "petals-public"
-    assert "/p2p/" not in unit["ExecStart"] and "PETALS_" not in unit["Environment"]
+    # It joins the stand-in public swarm only; nothing of the private swarm is on its command line.
+    assert swarm_lab.stand_in.multiaddr in unit["ExecStart"]
+    private = tomllib.loads(swarm_lab.swarm_toml.read_text())["swarm"]
+    for peer in [*private["initial_peers"], *private["trusted_servers"]]:
+        assert peer.rsplit("/", 1)[-1] not in unit["ExecStart"], peer
+    assert "PETALS_" not in unit["Environment"]
     assert "CUDA_VISIBLE_DEVICES=1" in unit["Environment"]
     assert "/etc/petals" in unit["InaccessiblePaths"]
 
@@ -222,9 +242,13 @@ def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> 
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     health = f"{lab.ip(SERVICE_HOST)}:9160"
     assert jobs["petals-health"]["static_configs"] == [{"targets": [health]}]
+    # The gateway listens on loopback behind caddy: scraped through TLS, checked against the CA.
     assert jobs["petals-gateway"]["static_configs"] == [
-        {"targets": [f"{lab.ip(SERVICE_HOST)}:8000"]}
+        {"targets": [f"{lab.ip(SERVICE_HOST)}:8443"]}
     ]
+    assert jobs["petals-gateway"]["scheme"] == "https"
+    ca_file = "/etc/prometheus/petals-gateway-ca.pem"
+    assert jobs["petals-gateway"]["tls_config"] == {"ca_file": ca_file}
     assert jobs["petals-bot"]["static_configs"] == [{"targets": [f"{lab.ip(SERVICE_HOST)}:8095"]}]
     nodes = yaml.safe_load(lab.ssh(SERVICE_HOST, "cat /etc/prometheus/file_sd/node.yml").stdout)
     assert sorted(t for entry in nodes for t in entry["targets"]) == sorted(
@@ -232,9 +256,10 @@ def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> 
     )
     alertmanager = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())
     hooks = [h["url"] for r in alertmanager["receivers"] for h in r.get("webhook_configs", [])]
-    # Every receiver (Discord, and the Watchdog's dead-man's-switch route) posts to the bot.
+    # Every receiver (Discord, and the Watchdog's dead-man's-switch route) posts to the webhook
+    # the inventory names: the lab's sink instead of the bot.
     assert len(hooks) == len(alertmanager["receivers"]) >= 2
-    assert set(hooks) == {f"http://{lab.ip(SERVICE_HOST)}:8095/alertmanager"}
+    assert set(hooks) == {swarm_lab.alert_sink.url}
 
 
 def test_services_run_as_their_own_users_and_cannot_read_server_keys(swarm_lab: SwarmLab) -> None:
@@ -254,14 +279,142 @@ def test_services_run_as_their_own_users_and_cannot_read_server_keys(swarm_lab: 
         assert user == "petals-health"
 
 
-def test_check_mode_on_the_converged_lab_changes_nothing(swarm_lab: SwarmLab) -> None:
-    res = swarm_lab.playbook("site.yml", "--check", "--diff")
+def _assert_nothing_changed(res: subprocess.CompletedProcess[str]) -> None:
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
     changed = {host: counts["changed"] for host, counts in parse_recap(res.stdout).items()}
+    assert changed, res.stdout[-3000:]
     task, which = "", []
-    for line in res.stdout.splitlines():  # name the tasks that would change something
+    for line in res.stdout.splitlines():  # name the tasks that changed (or would) something
         if line.startswith("TASK ["):
             task = line.split("]")[0] + "]"
         elif line.startswith("changed: ["):
             which.append(f"{task} {line.split(']')[0]}]")
     assert changed == dict.fromkeys(changed, 0), which
+
+
+def test_check_mode_on_the_converged_lab_changes_nothing(swarm_lab: SwarmLab) -> None:
+    _assert_nothing_changed(swarm_lab.playbook("site.yml", "--check", "--diff"))
+
+
+def test_the_configure_tag_alone_runs_and_changes_nothing(swarm_lab: SwarmLab) -> None:
+    """An operator's `--tags configure` (files only, after editing group_vars) runs for real on
+    every host of the converged lab: the facts it needs come with it, and nothing changes."""
+    res = swarm_lab.playbook("site.yml", "--tags", "configure")
+    _assert_nothing_changed(res)
+    assert "Write Prometheus' configuration" in res.stdout
+
+
+def _prometheus(swarm_lab: SwarmLab, path: str) -> Any:
+    """GET Prometheus' HTTP API on the monitoring host, from the controller (a trusted address)."""
+    url = f"http://{swarm_lab.lab.ip(SERVICE_HOST)}:9090{path}"
+    res = swarm_lab.lab.run_controller(["curl", "-sS", "-m", "20", "-g", url], timeout=60)
+    assert res.returncode == 0, (url, res.stderr)
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "success", doc
+    return doc["data"]
+
+
+def test_prometheus_scrapes_health_nodes_and_the_gateway(swarm_lab: SwarmLab) -> None:
+    """The distribution's Prometheus, started by the role, scrapes every service of the kit."""
+    lab = swarm_lab.lab
+    nodes = {f"{lab.ip(h)}:9100" for h in {*SERVER_HOSTS, SERVICE_HOST, PUBLIC_HOST}}
+    want_up = {
+        ("petals-health", f"{lab.ip(SERVICE_HOST)}:9160"),
+        ("petals-gateway", f"https://{lab.ip(SERVICE_HOST)}:8443/metrics"),
+        ("alertmanager", "127.0.0.1:9093"),
+        ("prometheus", "127.0.0.1:9090"),
+        *(("node", target) for target in nodes),
+    }
+    deadline = time.monotonic() + 180
+    while True:  # a fresh Prometheus needs a scrape or two (every 2 s here)
+        active = _prometheus(swarm_lab, "/api/v1/targets?state=active")["activeTargets"]
+        seen = {
+            (t["labels"]["job"], t["scrapeUrl"] if t["labels"]["job"] == "petals-gateway"
+             else t["labels"]["instance"]): (t["health"], t["lastError"])
+            for t in active
+        }  # fmt: skip
+        up = {key for key, (health, _) in seen.items() if health == "up"}
+        if want_up <= up or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert want_up <= up, {key: seen.get(key, "not a target") for key in want_up - up}
+    # The bot is a target too; it stays stopped in the lab (there is no Discord to log in to).
+    assert ("petals-bot", f"{lab.ip(SERVICE_HOST)}:8095") in seen
+    # node_exporter reports the host it runs on: one distinct machine per target.
+    uname = _prometheus(swarm_lab, "/api/v1/query?query=node_uname_info")["result"]
+    assert {r["metric"]["nodename"] for r in uname} >= {*SERVER_HOSTS, SERVICE_HOST}
+
+
+def test_an_alert_goes_through_alertmanager_to_the_webhook(swarm_lab: SwarmLab) -> None:
+    """Prometheus evaluates the kit's rules and Alertmanager delivers: the always-firing Watchdog
+    reaches the lab's webhook sink in Alertmanager's webhook format (version 4)."""
+    deadline = time.monotonic() + 240
+    while True:
+        calls = swarm_lab.alert_sink.received()
+        watchdog = [
+            c for c in calls
+            if any(a["labels"].get("alertname") == "Watchdog" for a in c["body"]["alerts"])
+        ]  # fmt: skip
+        if watchdog or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    alerts = _prometheus(swarm_lab, "/api/v1/alerts")["alerts"]
+    assert watchdog, {"sink": calls, "prometheus alerts": alerts}
+    call = watchdog[0]
+    assert call["path"] == "/alertmanager"
+    body = call["body"]
+    assert body["version"] == "4" and body["status"] == "firing", body
+    assert body["receiver"] == "petals-watchdog", body
+    assert body["alerts"][0]["status"] == "firing"
+    assert any(a["labels"]["alertname"] == "Watchdog" and a["state"] == "firing" for a in alerts)
+    # The rules carry the inventory's replication target, and no coverage alert is firing on
+    # the converged swarm.
+    target = _prometheus(swarm_lab, "/api/v1/query?query=petals:threshold:replication_target")
+    assert [float(r["value"][1]) for r in target["result"]] == [float(REPLICATION)]
+    firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+    assert not firing & {"PetalsBlockUncovered", "PetalsCollectorStale"}, alerts
+
+
+GATEWAY_CLIENT = """
+import json, sys
+import httpx, openai
+url, token, ca = sys.argv[1:4]
+client = openai.OpenAI(
+    base_url=url, api_key=token, http_client=httpx.Client(verify=ca), max_retries=0
+)
+model = client.models.list().data[0].id
+reply = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
+)
+try:
+    openai.OpenAI(base_url=url, api_key="wrong", http_client=httpx.Client(verify=ca),
+                  max_retries=0).models.list()
+    wrong = None
+except openai.AuthenticationError as exc:
+    wrong = exc.status_code
+print(json.dumps({"model": model, "usage": reply.usage.model_dump(),
+                  "finish": reply.choices[0].finish_reason, "wrong_token": wrong}))
+"""
+
+
+def test_gateway_answers_the_openai_client_over_tls(swarm_lab: SwarmLab) -> None:
+    """The official openai package, checking the certificate against the lab's CA, gets an answer
+    from the private swarm through caddy; plain HTTP to the gateway's port is not served."""
+    lab = swarm_lab.lab
+    address = lab.ip(SERVICE_HOST)
+    res = lab.run_controller(
+        [sys.executable, "-c", GATEWAY_CLIENT, f"https://{address}:8443/v1",
+         swarm_lab.gateway_token, str(swarm_lab.gateway_tls["ca.crt"])],
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["usage"]["completion_tokens"] >= 1, doc
+    assert doc["wrong_token"] == 401, doc
+    # The gateway itself listens on loopback only: its port is closed on the host's address.
+    plain = lab.run_controller(["curl", "-sS", "-m", "10", f"http://{address}:8000/healthz"])
+    assert plain.returncode != 0, plain.stdout
+    # A client that does not trust the lab's CA is refused the connection.
+    untrusted = lab.run_controller(["curl", "-sS", "-m", "10", f"https://{address}:8443/healthz"])
+    # (60: the certificate is not trusted; 77: curl finds no CA bundle to trust at all)
+    assert untrusted.returncode in (60, 77), (untrusted.returncode, untrusted.stderr)
