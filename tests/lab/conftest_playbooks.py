@@ -237,8 +237,9 @@ def gateway_token_hash(name: str, token: str) -> str:
     return res.stdout.strip()
 
 
-# Tries a TCP connection to each HOST:PORT argument every half second and prints a JSON line
-# whenever one's state changes ({"target", "open", "t"}); runs until killed.
+# Tries a TCP connection to each HOST:PORT argument, all at once, every half second (every
+# second when the firewall drops them: a try gives up after 1 s) and prints a JSON line whenever
+# one's state changes ({"target", "open", "t"}); runs until killed.
 PORT_WATCH = """
 import asyncio, json, sys, time
 async def is_open(host, port):

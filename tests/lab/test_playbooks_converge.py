@@ -131,7 +131,7 @@ def test_firewall_keeps_swarm_ports_to_the_trusted_network(swarm_lab: SwarmLab) 
 def test_no_kit_port_was_ever_open_to_the_outsider_during_the_first_deploy(
     swarm_lab: SwarmLab,
 ) -> None:
-    """Watched twice a second through the whole first site.yml: each port opened for the trusted
+    """Watched about every second through the whole first site.yml: each port opened for the trusted
     controller at some moment, and the outsider never once connected (the firewall came first)."""
     seen = swarm_lab.first_run_ports
     opened = {e["target"] for e in seen["trusted"] if e["open"]}
