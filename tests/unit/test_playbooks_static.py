@@ -304,3 +304,69 @@ def test_the_address_fallback_is_defined_once() -> None:
         if path.suffix in (".yml", ".j2") and fallback.search(path.read_text())
     ]
     assert where == ["group_vars/all.yml"]
+
+
+def _public_contributor_task(name: str, *, in_block: str | None = None) -> dict:
+    path = PLAYBOOKS / "roles/petals_public_contributor/tasks/main.yml"
+    tasks = yaml.safe_load(path.read_text())
+    if in_block is not None:
+        tasks = next(t for t in tasks if t.get("name") == in_block)["block"]
+    return next(t for t in tasks if t.get("name") == name)
+
+
+def _ansible_template(expression: str, variables: dict) -> object:
+    """Render with Ansible's own templar, as the play does (templated vars resolve lazily)."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    trusted = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in variables.items()}
+    return Templar(loader=DataLoader(), variables=trusted).template(trust_as_template(expression))
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "now", "state"),
+    [
+        ("09:00", "17:00", "10:00:00", "started"),
+        ("09:00", "17:00", "08:59:59", "stopped"),
+        ("09:00", "17:00", "17:00:00", "stopped"),  # the stop time belongs to the stop timer
+        ("22:00", "06:00", "23:30:00", "started"),  # past midnight
+        ("22:00", "06:00", "05:59:59", "started"),
+        ("22:00", "06:00", "12:00:00", "stopped"),
+        ("10:00:30", "10:02:30", "10:00:29", "stopped"),
+        ("10:00:30", "10:02:30", "10:00:30", "started"),
+    ],
+)
+def test_a_deploy_inside_the_lending_window_starts_lending_and_outside_stops_it(
+    start: str, stop: str, now: str, state: str
+) -> None:
+    task = _public_contributor_task(
+        "Serve now inside the window, not outside it", in_block="Serve inside the window only"
+    )
+    variables = {
+        **task["vars"],
+        "petals_public_contributor_window_start": start,
+        "petals_public_contributor_window_stop": stop,
+        "petals_public_contributor_clock": {"stdout": now + "\n"},
+    }
+    expression = task["ansible.builtin.systemd_service"]["state"]
+    assert _ansible_template(expression, variables) == state
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "accepted"),
+    [
+        ("22:00", "06:00", True),
+        ("09:00:30", "23:59:59", True),
+        ("9:00", "17:00", False),  # systemd would take it; the play compares times as text
+        ("22:00", "24:00", False),
+        ("Mon 22:00", "06:00", False),
+    ],
+)
+def test_the_lending_window_must_be_times_of_day(start: str, stop: str, accepted: bool) -> None:
+    task = _public_contributor_task("Check the window's times")
+    variables = {
+        "petals_public_contributor_window_start": start,
+        "petals_public_contributor_window_stop": stop,
+    }
+    that = task["ansible.builtin.assert"]["that"]
+    assert _ansible_template("{{ " + that + " }}", variables) is accepted
