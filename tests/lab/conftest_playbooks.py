@@ -3,8 +3,11 @@
 One lab per session (converging installs the runtime on four hosts and loads four real Petals
 servers): a bootstrap host, three more server hosts (CPU mode, the tiny Llama, replication 2, so
 two bootstrap peers and four server units hold the 8 blocks twice), and an outsider outside the
-trusted network. tests/lab/test_playbooks_converge.py only reads it; test_playbooks_operations.py
-restarts, kills and finally purges, so it runs after (files run in name order).
+trusted network. On the controller's side: an alert sink, a stand-in public swarm, a package
+index served from the wheelhouse (srv2 installs in pypi mode), and a fake Discord on boot1's
+loopback for the bot. tests/lab/test_playbooks_converge.py only reads it;
+test_playbooks_operations.py restarts, kills and finally purges, so it runs after (files run in
+name order).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,7 @@ SERVER_HOSTS = ["boot1", "srv1", "srv2", "srv3"]
 BOOTSTRAP_HOSTS = ["boot1", "srv1"]
 SERVICE_HOST = "boot1"  # health service, monitoring files, gateway and bot units
 PUBLIC_HOST = "srv3"
+PYPI_HOST = "srv2"  # installs the runtime from the lab's package index (the wheelhouse, served)
 OUTSIDER = "out1"
 NUM_BLOCKS = 8
 # The controller runs the playbooks 5 hours west of UTC (a POSIX TZ string: no tzdata needed), as
@@ -89,6 +95,8 @@ class SwarmLab:
     gateway_token: str
     gateway_tls: dict[str, Path]
     stand_in: StandInPublicSwarm
+    discord: LabDiscord
+    package_index: PackageIndex
     swarm_toml: Path = Path()
     runs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     # What the controller (trusted) and the outsider could connect to during the first site.yml.
@@ -179,32 +187,137 @@ server.serve_forever()
 """
 
 
-class AlertSink:
-    """ALERT_SINK running in the lab namespace until close()."""
+class LabHttpServer:
+    """An inline server script (its first line out: the port) in the lab namespace until close()."""
 
-    def __init__(self, lab: Lab, folder: Path) -> None:
-        self.file = folder / "alerts.jsonl"
-        self.file.touch()
+    def _start(self, lab: Lab, what: str, script: str, *args: str) -> str:
         self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.netns, sys.executable, "-c", ALERT_SINK,
-             lab.controller_ip, str(self.file)],
+            ["ip", "netns", "exec", lab.netns, sys.executable, "-c", script, lab.controller_ip,
+             *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         assert self._proc.stdout is not None
         port = self._proc.stdout.readline().strip()
         if not port.isdigit():
             self.close()
-            raise AssertionError(f"the alert sink did not start: {port!r}")
-        self.url = f"http://{lab.controller_ip}:{port}/alertmanager"
-
-    def received(self) -> list[dict[str, Any]]:
-        """The webhook calls received so far."""
-        return [json.loads(line) for line in self.file.read_text().splitlines() if line]
+            raise AssertionError(f"the {what} did not start: {port!r}")
+        return f"http://{lab.controller_ip}:{port}"
 
     def close(self) -> None:
         if self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.communicate(timeout=30)
+
+
+class AlertSink(LabHttpServer):
+    """ALERT_SINK running in the lab namespace until close()."""
+
+    def __init__(self, lab: Lab, folder: Path) -> None:
+        self.file = folder / "alerts.jsonl"
+        self.file.touch()
+        self.url = self._start(lab, "alert sink", ALERT_SINK, str(self.file)) + "/alertmanager"
+
+    def received(self) -> list[dict[str, Any]]:
+        """The webhook calls received so far."""
+        return [json.loads(line) for line in self.file.read_text().splitlines() if line]
+
+
+# A PEP 503 "simple" index of the wheelhouse's wheels (built by PackageIndex) served over HTTP on
+# the controller's lab address; every request is logged as "CLIENT STATUS PATH".
+PACKAGE_INDEX = """
+import functools, http.server, sys
+class Index(http.server.SimpleHTTPRequestHandler):
+    def log_request(self, code="-", size="-"):
+        with open(sys.argv[3], "a") as log:
+            log.write(f"{self.client_address[0]} {int(code)} {self.path}\\n")
+    def log_message(self, *args):
+        pass
+handler = functools.partial(Index, directory=sys.argv[2])
+server = http.server.ThreadingHTTPServer((sys.argv[1], 0), handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class PackageIndex(LabHttpServer):
+    """The wheelhouse as a package index on the lab network, for the runtime role's pypi mode."""
+
+    def __init__(self, lab: Lab, wheelhouse: Path, folder: Path) -> None:
+        root = folder / "index"
+        (root / "simple").mkdir(parents=True)
+        (root / "files").symlink_to(wheelhouse)
+        projects: dict[str, list[str]] = {}
+        for wheel in sorted(wheelhouse.glob("*.whl")):
+            name = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+            projects.setdefault(name, []).append(wheel.name)
+        for name, wheels in projects.items():
+            links = "".join(
+                f'<a href="../../files/{urllib.parse.quote(w)}">{w}</a>\n' for w in wheels
+            )
+            (root / "simple" / name).mkdir()
+            page = f"<html><body>\n{links}</body></html>\n"
+            (root / "simple" / name / "index.html").write_text(page)
+        self.log = folder / "index-requests.log"
+        self.log.touch()
+        self.url = self._start(lab, "package index", PACKAGE_INDEX, str(root), str(self.log))
+        self.url += "/simple/"
+        self.host = lab.controller_ip
+
+    def requests(self) -> list[tuple[str, int, str]]:
+        """(client address, HTTP status, path) of every request so far."""
+        lines = self.log.read_text().splitlines()
+        return [(ip, int(code), path) for ip, code, path in (line.split(" ", 2) for line in lines)]
+
+
+class LabDiscord:
+    """The fake Discord (tests/lab/fakediscord_lab.py) in a host's network namespace: the bot
+    deployed there reaches it on 127.0.0.1, the only place its test settings accept."""
+
+    def __init__(self, lab: Lab, host: str, token: str, folder: Path) -> None:
+        self.log = folder / "fake-discord.log"
+        with self.log.open("w") as errors:
+            self._proc = subprocess.Popen(
+                ["ip", "netns", "exec", lab.host_netns(host), sys.executable, "-m",
+                 "tests.lab.fakediscord_lab"],
+                env=lab.controller_env({"PYTHONPATH": str(REPO_ROOT), "LAB_DISCORD_TOKEN": token}),
+                cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                text=True, start_new_session=True,
+            )  # fmt: skip
+        first = self.readline()
+        try:
+            urls = json.loads(first)
+        except json.JSONDecodeError:
+            self.close()
+            raise AssertionError(
+                f"the fake Discord did not start: {first!r}\n{self.log.read_text()[-3000:]}"
+            ) from None
+        self.api_base, self.gateway_url = urls["api_base"], urls["gateway_url"]
+
+    def readline(self) -> str:
+        assert self._proc.stdout is not None
+        return self._proc.stdout.readline()
+
+    def request(self, **command: Any) -> dict[str, Any]:
+        """One command to the fake ("state", or "ask" with text and timeout); its answer."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        line = self.readline()
+        if not line:
+            raise AssertionError(f"the fake Discord exited: {self.log.read_text()[-3000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.communicate(timeout=30)
+
+
+def lab_bot_token() -> str:
+    """Shaped like a Discord bot token (the bot refuses anything else); hex digits only, so it
+    can never spell a placeholder such as "your"."""
+    return f"{secrets.token_hex(12)}.{secrets.token_hex(3)}.{secrets.token_hex(19)}"
 
 
 def make_gateway_tls(folder: Path, address: str) -> dict[str, Path]:
@@ -292,7 +405,7 @@ def kit_ports(lab: Lab) -> list[str]:
     """HOST:PORT of the kit's ports in the lab that the firewall keeps to the trusted network."""
     ports = [f"{lab.ip(h)}:31337" for h in BOOTSTRAP_HOSTS]
     ports += [f"{lab.ip(h)}:{p}" for h in SERVER_HOSTS for p in (31340, 9100)]
-    ports += [f"{lab.ip(SERVICE_HOST)}:{p}" for p in (9160, 9090, 9093, 8443)]
+    ports += [f"{lab.ip(SERVICE_HOST)}:{p}" for p in (9160, 9090, 9093, 8443, 8095)]
     return ports
 
 
@@ -440,11 +553,16 @@ def start_lab(lab_factory: LabFactory, model: str) -> Lab:
 
 
 def write_lab_inventory(
-    lab: Lab, folder: Path, model: str, sink: AlertSink, stand_in: StandInPublicSwarm
+    lab: Lab,
+    folder: Path,
+    model: str,
+    token: str,
+    helpers: tuple[AlertSink, StandInPublicSwarm, LabDiscord, PackageIndex],
 ) -> SwarmLab:
-    """The inventory of the lab's swarm (CPU mode, replication 2) with a vaulted bot token,
-    the gateway behind TLS, and Alertmanager posting to the sink."""
-    token = "lab." + secrets.token_urlsafe(60)
+    """The inventory of the lab's swarm (CPU mode, replication 2) with a vaulted bot token, the
+    bot on the fake Discord, the gateway behind TLS, Alertmanager posting to the sink and one
+    server host installing from the package index."""
+    sink, stand_in, discord, index = helpers
     gateway_token = "lab-gw-" + secrets.token_urlsafe(32)
     tls = make_gateway_tls(folder, lab.ip(SERVICE_HOST))
     health = cli_has("health")
@@ -471,7 +589,7 @@ def write_lab_inventory(
                 "petals_server_ready_timeout": 600,
                 # Prometheus, Alertmanager, node_exporter and caddy come from the distribution,
                 # baked into the lab's rootfs (the hosts reach no package index); Grafana is not
-                # managed. Alerts go to the lab's sink; the bot has no Discord to talk to.
+                # managed. Alerts go to the lab's sink.
                 "petals_monitoring_scrape_interval": "2s",
                 "petals_monitoring_bot_webhook_url": sink.url,
                 "petals_monitoring_gateway_ca_file": str(tls["ca.crt"]),
@@ -488,11 +606,21 @@ def write_lab_inventory(
                 "petals_gateway_tls_cert": str(tls["gateway.crt"]),
                 "petals_gateway_tls_key": str(tls["gateway.key"]),
                 "petals_gateway_token_hashes": [gateway_token_hash("lab", gateway_token)],
-                "petals_bot_state": "stopped",
+                # The bot logs in to the fake Discord on its host's loopback.
+                "petals_bot_env": {
+                    "PETALS_BOT_DISCORD_API_BASE": discord.api_base,
+                    "PETALS_BOT_DISCORD_GATEWAY_URL": discord.gateway_url,
+                    "PETALS_BOT_MAX_NEW_TOKENS": 12,
+                },
                 **({} if health else {"petals_day2_health_url": ""}),
             }
         },
         hostvars={
+            PYPI_HOST: {
+                "petals_runtime_source": "pypi",
+                "petals_runtime_index_url": index.url,
+                "petals_runtime_trusted_hosts": [index.host],
+            },
             PUBLIC_HOST: {
                 "petals_public_contributor_gpus": [1],
                 "petals_public_contributor_window_start": start,
@@ -502,11 +630,13 @@ def write_lab_inventory(
                 "petals_public_contributor_initial_peers": [stand_in.multiaddr],
                 "petals_public_contributor_model": model,
                 "petals_public_contributor_extra_args": LENT_SERVER_ARGS,
-            }
+            },
         },
     )
     vault = write_vault(folder, token)
-    return SwarmLab(lab, inventory, vault, token, health, sink, gateway_token, tls, stand_in)
+    return SwarmLab(
+        lab, inventory, vault, token, health, sink, gateway_token, tls, stand_in, discord, index
+    )
 
 
 def converge(swarm: SwarmLab) -> None:
@@ -551,7 +681,7 @@ def swarm_lab(
     shutil.copytree(tiny_model_dir.resolve(), model_copy, dirs_exist_ok=True)
     model = str(model_copy)
     labs: list[Lab] = []
-    helpers: list[AlertSink | StandInPublicSwarm] = []
+    helpers: list[LabHttpServer | StandInPublicSwarm | LabDiscord] = []
 
     def factory(hosts: list[str], **options: Any) -> Lab:
         labs.append(FirewallLab(hosts, base=lab_base, **options))
@@ -560,11 +690,16 @@ def swarm_lab(
     try:
         lab = start_lab(factory, model)
         folder = tmp_path_factory.mktemp("inventory")
+        token = lab_bot_token()
         sink = AlertSink(lab, folder)
         helpers.append(sink)
         stand_in = StandInPublicSwarm(lab, folder)
         helpers.append(stand_in)
-        swarm = write_lab_inventory(lab, folder, model, sink, stand_in)
+        discord = LabDiscord(lab, SERVICE_HOST, token, folder)
+        helpers.append(discord)
+        index = PackageIndex(lab, WHEELHOUSE, folder)
+        helpers.append(index)
+        swarm = write_lab_inventory(lab, folder, model, token, (sink, stand_in, discord, index))
         swarm.timings["boot"] = time.monotonic() - started
         converge(swarm)
         yield swarm

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.lab.conftest_playbooks import (
     NUM_BLOCKS,
     OUTSIDER,
     PUBLIC_HOST,
+    PYPI_HOST,
     REPLICATION,
     SERVER_HOSTS,
     SERVICE_HOST,
@@ -217,6 +219,53 @@ def test_bot_token_comes_from_the_vault_and_is_never_logged(swarm_lab: SwarmLab)
     assert lab.ssh(SERVICE_HOST, read).stdout.strip() == swarm_lab.bot_token
 
 
+def test_the_bot_logs_in_with_the_vaulted_token_and_answers_through_the_swarm(
+    swarm_lab: SwarmLab,
+) -> None:
+    """The deployed bot (its own user, the token as a systemd credential) identified on the fake
+    Discord with the vaulted token (the fake closes the gateway on any other), registered its
+    slash commands, and answers a student's question through the private swarm."""
+    lab = swarm_lab.lab
+    state = swarm_lab.discord.request(cmd="state")
+    assert state.get("connected") is True, (state, swarm_lab.discord.log.read_text()[-2000:])
+    assert len(state["identifies"]) >= 1
+    assert {"ask", "status"} <= set(state["commands"]), state["commands"]
+    unit = swarm_lab.unit(SERVICE_HOST, "petals-bot.service", "ActiveState", "User", "NRestarts")
+    assert unit == {"ActiveState": "active", "User": "petals-bot", "NRestarts": "0"}
+    answer = swarm_lab.discord.request(cmd="ask", text="What is a transformer block?", timeout=300)
+    journal = lab.ssh(SERVICE_HOST, "journalctl -u petals-bot --no-pager -n 40 | cut -c1-300")
+    assert "reply" in answer, (answer, journal.stdout)
+    # An answer written by the swarm, then the footer the bot adds when it is done.
+    body = answer["reply"].rstrip().rsplit("\n", 1)[0].strip()
+    assert body and not body.startswith("🧠"), answer["reply"]
+    assert swarm_lab.bot_token not in journal.stdout
+
+
+def test_a_pypi_mode_host_installs_the_runtime_from_the_package_index(swarm_lab: SwarmLab) -> None:
+    """petals_runtime_source: pypi on one server host, pointed at the lab's index (the wheelhouse
+    served over HTTP): that host fetched the pinned stack from the index, the others never asked
+    it, and its venv holds the pinned versions (its server's blocks are among those the other
+    tests find served)."""
+    lab = swarm_lab.lab
+    requests = swarm_lab.package_index.requests()
+    by_host: dict[str, set[tuple[int, str]]] = {}
+    for client, status, path in requests:
+        by_host.setdefault(client, set()).add((status, urllib.parse.unquote(path)))
+    assert set(by_host) == {lab.ip(PYPI_HOST)}, sorted(by_host)
+    fetched = by_host[lab.ip(PYPI_HOST)]
+    pages = {path for status, path in fetched if status == 200 and path.startswith("/simple/")}
+    assert {"/simple/torch/", "/simple/hivemind/", "/simple/petals/"} <= pages, sorted(pages)
+    wheels = {Path(path).name.split("-")[0] for status, path in fetched if status == 200}
+    assert {"torch", "hivemind", "petals", "transformers"} <= wheels, sorted(wheels)
+    freeze = lab.ssh(PYPI_HOST, "/opt/petals/venv/bin/python -m pip freeze", check=True).stdout
+    pins = {line.split("==")[0].lower(): line for line in freeze.splitlines() if "==" in line}
+    constraints = (REPO_ROOT / "constraints.txt").read_text().splitlines()
+    wanted = {line.split("==")[0].lower(): line for line in constraints if "==" in line}
+    for name in ("petals", "hivemind", "transformers"):
+        assert pins[name] == wanted[name], (pins.get(name), wanted[name])
+    assert pins["torch"].startswith(wanted["torch"]), (pins["torch"], wanted["torch"])
+
+
 def test_monitoring_files_pass_promtool(swarm_lab: SwarmLab, tmp_path: Path) -> None:
     found = {name: shutil.which(name) for name in ("promtool", "amtool")}
     tools = {name: path for name, path in found.items() if path}
@@ -314,13 +363,14 @@ def _prometheus(swarm_lab: SwarmLab, path: str) -> Any:
     return doc["data"]
 
 
-def test_prometheus_scrapes_health_nodes_and_the_gateway(swarm_lab: SwarmLab) -> None:
+def test_prometheus_scrapes_health_nodes_gateway_and_bot(swarm_lab: SwarmLab) -> None:
     """The distribution's Prometheus, started by the role, scrapes every service of the kit."""
     lab = swarm_lab.lab
     nodes = {f"{lab.ip(h)}:9100" for h in {*SERVER_HOSTS, SERVICE_HOST, PUBLIC_HOST}}
     want_up = {
         ("petals-health", f"{lab.ip(SERVICE_HOST)}:9160"),
         ("petals-gateway", f"https://{lab.ip(SERVICE_HOST)}:8443/metrics"),
+        ("petals-bot", f"{lab.ip(SERVICE_HOST)}:8095"),
         ("alertmanager", "127.0.0.1:9093"),
         ("prometheus", "127.0.0.1:9090"),
         *(("node", target) for target in nodes),
@@ -338,8 +388,6 @@ def test_prometheus_scrapes_health_nodes_and_the_gateway(swarm_lab: SwarmLab) ->
             break
         time.sleep(2)
     assert want_up <= up, {key: seen.get(key, "not a target") for key in want_up - up}
-    # The bot is a target too; it stays stopped in the lab (there is no Discord to log in to).
-    assert ("petals-bot", f"{lab.ip(SERVICE_HOST)}:8095") in seen
     # node_exporter reports the host it runs on: one distinct machine per target.
     uname = _prometheus(swarm_lab, "/api/v1/query?query=node_uname_info")["result"]
     assert {r["metric"]["nodename"] for r in uname} >= {*SERVER_HOSTS, SERVICE_HOST}

@@ -1,11 +1,12 @@
 """Day-2 on the converged swarm: a killed server comes back, a rolling restart keeps every block
-served, purge removes a host. Runs after test_playbooks_converge.py (it changes the swarm); the
-purge test comes last.
+served, a bot token Discord refuses fails the play, purge removes a host. Runs after
+test_playbooks_converge.py (it changes the swarm); the purge test comes last.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -14,8 +15,10 @@ from tests.lab.conftest_playbooks import (
     NUM_BLOCKS,
     REPLICATION,
     SERVER_HOSTS,
+    SERVICE_HOST,
     CoverageSampler,
     SwarmLab,
+    lab_bot_token,
 )
 from tests.lab.labhosts import parse_recap
 
@@ -95,6 +98,24 @@ def test_upgrade_restarts_a_host_whose_runtime_changed(swarm_lab: SwarmLab) -> N
     after = {h: main_pid(swarm_lab, h) for h in SERVER_HOSTS}
     assert [h for h in SERVER_HOSTS if after[h] != before[h]] == [host]
     assert swarm_lab.replication() == [REPLICATION] * NUM_BLOCKS
+
+
+def test_a_refused_bot_token_fails_the_play_with_the_bots_journal(swarm_lab: SwarmLab) -> None:
+    """The play waits until the bot is logged in: with a token Discord refuses (the fake answers
+    401, as Discord does) it fails and says why from the bot's journal, instead of reporting
+    success over a restart loop; the token appears nowhere in its output."""
+    wrong = lab_bot_token()
+    extra = {"petals_bot_discord_token": wrong, "petals_bot_ready_timeout": 45}
+    try:
+        res = swarm_lab.playbook(
+            "site.yml", "--tags", "petals_bot", "-e", json.dumps(extra), timeout=600
+        )
+        assert res.returncode != 0, res.stdout[-4000:]
+        assert "was not logged in to Discord" in res.stdout, res.stdout[-4000:]
+        assert "Discord refused the bot token" in res.stdout, res.stdout[-4000:]
+        assert wrong not in res.stdout + res.stderr
+    finally:  # no restart loop under the tests that follow
+        swarm_lab.lab.ssh(SERVICE_HOST, "systemctl stop petals-bot.service")
 
 
 def test_purge_needs_confirmation_then_leaves_nothing(swarm_lab: SwarmLab) -> None:
