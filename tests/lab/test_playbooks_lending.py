@@ -1,6 +1,7 @@
 """Lending a GPU to the public swarm, for real: the public_contributor role's server runs inside its
 time window against a stand-in "public" swarm (a separate bootstrap peer on the lab network) and
-stops at the window's end, without ever touching the private swarm.
+stops at the window's end, without ever touching the private swarm; a deploy inside a window
+starts it at once, one outside stops it.
 
 Runs after the converge and host-loss files and before the operations (files run in name order).
 """
@@ -132,3 +133,22 @@ def test_lent_gpu_serves_the_stand_in_public_swarm_inside_its_window_only(
     _wait("the lent server's processes ended", time.time() + 90,
           lambda: lab.ssh(PUBLIC_HOST, "pgrep -u petals-public").returncode == 1)  # fmt: skip
     assert _active(swarm_lab, "petals-public-contributor@1.service") == "inactive"
+
+    # The start timer fires only when a window opens: a deploy inside the window starts lending
+    # at once, and one that moves the window away stops it (and everything its user ran).
+    now = datetime.datetime.now(datetime.UTC)
+    for offsets, state in (((-60, 1800), "active"), ((7200, 10800), "inactive")):
+        window = {
+            f"petals_public_contributor_window_{edge}": (
+                now + datetime.timedelta(seconds=offset)
+            ).strftime("%H:%M:%S")
+            for edge, offset in zip(("start", "stop"), offsets, strict=True)
+        }
+        res = swarm_lab.playbook(
+            "site.yml", "--tags", "petals_public_contributor", "-e", json.dumps(window),
+            timeout=600,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+        assert _active(swarm_lab, "petals-public-contributor.target") == state, window
+    _wait("the lent server's processes ended", time.time() + 90,
+          lambda: lab.ssh(PUBLIC_HOST, "pgrep -u petals-public").returncode == 1)  # fmt: skip
