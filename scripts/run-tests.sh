@@ -17,7 +17,7 @@ started=$SECONDS
 for tier in "${tiers[@]}"; do
     echo "== test tier '$tier': ${what[$tier]}"
     t0=$SECONDS
-    .venv/bin/python -m pytest -m "$tier" -p no:cacheprovider -q
+    .venv/bin/python -m pytest -m "$tier" -p no:cacheprovider -q --durations=8 --durations-min=10
     rc=$?
     # pytest exit 5 = no tests collected in this tier (yet): not a failure of the others.
     if [[ $rc -ne 0 && $rc -ne 5 ]]; then failed+=("$tier"); fi
