@@ -7,6 +7,7 @@ with its URLs, then answers one JSON line per command read from stdin:
 
   {"cmd": "state"}                      -> connected, identifies (tokens removed), synced commands
   {"cmd": "ask", "text": T, "timeout": S} -> the bot's final answer to "!T" posted by a student
+                                           (the message, and its text without the footer)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from tests.bot.helpers import CHANNEL, bot_reply_to, final
+from tests.bot.helpers import CHANNEL, answer_text, bot_reply_to, final
 from tests.fakediscord.server import FakeDiscord
 
 
@@ -29,7 +30,8 @@ async def ask(fake: FakeDiscord, text: str, timeout: float) -> dict[str, Any]:
         content = fake.message(int(replies[0]["id"]))["content"] if replies else ""
         return content if content and final(content) else None
 
-    return {"reply": await fake.wait_for(answered, timeout, what="the bot's answer")}
+    reply = await fake.wait_for(answered, timeout, what="the bot's answer")
+    return {"reply": reply, "text": answer_text(reply)}
 
 
 async def serve() -> None:
