@@ -103,18 +103,23 @@ def test_upgrade_restarts_a_host_whose_runtime_changed(swarm_lab: SwarmLab) -> N
 def test_a_refused_bot_token_fails_the_play_with_the_bots_journal(swarm_lab: SwarmLab) -> None:
     """The play waits until the bot is logged in: with a token Discord refuses (the fake answers
     401, as Discord does) it fails and says why from the bot's journal, instead of reporting
-    success over a restart loop; the token appears nowhere in its output."""
+    success over a restart loop; the token appears nowhere in its output. A refused token is not
+    retried: the unit stays failed (no new login every 10 s) and the wait ends without its
+    timeout, which is left at the role's default here."""
     wrong = lab_bot_token()
-    extra = {"petals_bot_discord_token": wrong, "petals_bot_ready_timeout": 45}
     try:
         res = swarm_lab.playbook(
-            "site.yml", "--tags", "petals_bot", "-e", json.dumps(extra), timeout=600
-        )
+            "site.yml", "--tags", "petals_bot", "-e",
+            json.dumps({"petals_bot_discord_token": wrong}), timeout=600,
+        )  # fmt: skip
         assert res.returncode != 0, res.stdout[-4000:]
         assert "was not logged in to Discord" in res.stdout, res.stdout[-4000:]
+        assert "an error a restart cannot fix" in res.stdout, res.stdout[-4000:]
         assert "Discord refused the bot token" in res.stdout, res.stdout[-4000:]
         assert wrong not in res.stdout + res.stderr
-    finally:  # no restart loop under the tests that follow
+        unit = swarm_lab.unit(SERVICE_HOST, "petals-bot.service", "ActiveState", "NRestarts")
+        assert unit == {"ActiveState": "failed", "NRestarts": "0"}, unit
+    finally:  # no bot with the wrong token under the tests that follow
         swarm_lab.lab.ssh(SERVICE_HOST, "systemctl stop petals-bot.service")
 
 
