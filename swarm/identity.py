@@ -59,6 +59,11 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _key_message(key_type: int, data: bytes) -> bytes:
+    """libp2p's key message, fields in order (the spec asks for a deterministic encoding)."""
+    return b"\x08" + _encode_varint(key_type) + b"\x12" + _encode_varint(len(data)) + data
+
+
 def _parse_key_message(data: bytes) -> tuple[int, bytes]:
     """libp2p's key message: required Type (field 1, varint) and Data (field 2, bytes)."""
     key_type, key_data, pos = None, None, 0
@@ -105,15 +110,19 @@ def _peer_id_from_key_bytes(data: bytes, path: Path) -> str:
             f"identity file {str(path)!r} is not a peer key ({type(exc).__name__}); "
             "create one with `petalctl identity new PATH`"
         ) from None
-    public = b"\x08" + _encode_varint(_RSA) + b"\x12" + _encode_varint(len(spki)) + spki
+    public = _key_message(_RSA, spki)
     # A key message over 42 bytes (every RSA key) is hashed: sha2-256 (0x12), 32 bytes long.
     return _b58encode(b"\x12\x20" + hashlib.sha256(public).digest())
 
 
 def create_identity(path: str | os.PathLike[str], *, overwrite: bool = False) -> Identity:
-    """Generate a new key at ``path`` (0600, written atomically); refuse to replace one."""
-    from hivemind.proto import crypto_pb2
-    from hivemind.utils.crypto import RSAPrivateKey
+    """Generate a new key at ``path`` (0600, written atomically); refuse to replace one.
+
+    The key is what hivemind generates (RSA 2048, exponent 65537, PKCS#1 DER) in libp2p's
+    PrivateKey message, made with `cryptography` alone for the same reason as above.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     target = Path(path)
     if target.exists() and not overwrite:
@@ -123,9 +132,12 @@ def create_identity(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         )
     if not target.parent.is_dir():
         raise IdentityError(f"directory {str(target.parent)!r} for the identity does not exist")
-    key = crypto_pb2.PrivateKey(
-        key_type=crypto_pb2.KeyType.RSA, data=RSAPrivateKey().to_bytes()
-    ).SerializeToString()
+    der = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        encoding=serialization.Encoding.DER,
+        format=serialization.PrivateFormat.TraditionalOpenSSL,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+    key = _key_message(_RSA, der)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

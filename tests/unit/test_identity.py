@@ -51,6 +51,20 @@ def test_other_rsa_keys_have_hiveminds_peer_id(tmp_path: Path, bits: int, expone
     assert load_identity(path).peer_id == PeerID.from_identity(path.read_bytes()).to_base58()
 
 
+def test_created_keys_are_what_hivemind_reads(tmp_path: Path) -> None:
+    """The file holds hivemind's own message: an RSA 2048 key with exponent 65537, in the same
+    bytes as hivemind's protobuf serialises them."""
+    path = create_identity(tmp_path / "k.id").path
+    data = path.read_bytes()
+    message = crypto_pb2.PrivateKey.FromString(data)
+    assert message.key_type == crypto_pb2.KeyType.RSA
+    assert message.SerializeToString() == data
+    key = serialization.load_der_private_key(message.data, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.key_size == 2048 and key.public_key().public_numbers().e == 65537
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
 def test_the_peer_id_round_trips_through_hivemind(tmp_path: Path) -> None:
     peer_id = create_identity(tmp_path / "k.id").peer_id
     assert peer_id.startswith("Qm")  # a sha2-256 multihash in base58btc
@@ -89,12 +103,14 @@ def test_a_key_of_another_type_is_refused(tmp_path: Path) -> None:
         load_identity(path)
 
 
-def test_reading_a_peer_id_imports_neither_hivemind_nor_torch(tmp_path: Path) -> None:
-    """What makes `petalctl identity show` (run for every peer by every playbook run) fast."""
-    path = create_identity(tmp_path / "k.id").path
+def test_identities_import_neither_hivemind_nor_torch(tmp_path: Path) -> None:
+    """What makes `petalctl identity new|show` (show runs for every peer in every playbook run)
+    fast."""
+    path = tmp_path / "k.id"
     probe = (
         "import sys\n"
-        "from swarm.identity import load_identity\n"
+        "from swarm.identity import create_identity, load_identity\n"
+        f"assert create_identity({str(path)!r}).peer_id == load_identity({str(path)!r}).peer_id\n"
         f"print(load_identity({str(path)!r}).peer_id)\n"
         "print(sorted(m for m in ('hivemind', 'torch', 'petals') if m in sys.modules))\n"
     )
